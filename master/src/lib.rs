@@ -1,0 +1,1 @@
+//! The ccsrp master: everything that decides, nothing that computes tensors.

@@ -1,0 +1,16 @@
+//! Wire types of ccsrp: the versioned gRPC package `ccsrp.v1` (compiled from `proto/ccsrp/v1/*.proto`)
+//! and the arithmetic on the model description that master and workers must agree on exactly.
+//!
+//! - [`v1`]: generated messages and services.
+//! - [`cost`]: MACs and parameter counts of a model description for any per-layer filter counts.
+
+pub mod cost;
+
+/// Generated code of the `ccsrp.v1` protobuf package.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("ccsrp.v1");
+}
+
+/// Encoded `FileDescriptorSet` of `ccsrp.v1`, for the gRPC reflection service.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ccsrp_v1_descriptor");

@@ -1,0 +1,61 @@
+//! `ccsrp`: the one binary. Parses the command line and hands each subcommand to its module in
+//! `cli/`; all real work lives in the `ccsrp-master` and `ccsrp-worker` libraries.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ccsrp",
+    version,
+    about = "Robust pruning of spiking neural networks by cooperative coevolution"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole job in one process: an embedded master and N workers over loopback.
+    Run(cli::run::RunArgs),
+    /// Serve a job to workers over gRPC.
+    Master(cli::master::MasterArgs),
+    /// Pull tasks from a master and evaluate them.
+    Worker(cli::worker::WorkerArgs),
+    /// Print a running job's progress.
+    Status(cli::status::StatusArgs),
+    /// Follow a running job live.
+    Watch(cli::watch::WatchArgs),
+    /// Exit 0 when the master is serving (for container health checks).
+    Health(cli::health::HealthArgs),
+    /// Train a dense SNN.
+    Train(cli::train::TrainArgs),
+    /// Evaluate a model: clean or under attack.
+    Eval(cli::eval::EvalArgs),
+    /// Describe a model file: architecture, parameters, MACs.
+    Info(cli::info::InfoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => cli::run::run(a),
+        Command::Master(a) => cli::master::run(a),
+        Command::Worker(a) => cli::worker::run(a),
+        Command::Status(a) => cli::status::run(a),
+        Command::Watch(a) => cli::watch::run(a),
+        Command::Health(a) => cli::health::run(a),
+        Command::Train(a) => cli::train::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Info(a) => cli::info::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

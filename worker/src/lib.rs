@@ -1,0 +1,1 @@
+//! The ccsrp worker: everything that computes tensors.
