@@ -3,8 +3,12 @@
 //!
 //! - [`v1`]: generated messages and services.
 //! - [`cost`]: MACs and parameter counts of a model description for any per-layer filter counts.
+//! - [`mask`]: packing and checking of per-layer keep-masks.
+//! - [`shard`]: the one rule that cuts a split into shards.
 
 pub mod cost;
+pub mod mask;
+pub mod shard;
 
 /// Generated code of the `ccsrp.v1` protobuf package.
 #[allow(clippy::all, missing_docs)]

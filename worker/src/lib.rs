@@ -1,1 +1,3 @@
 //! The ccsrp worker: everything that computes tensors.
+
+pub mod data;

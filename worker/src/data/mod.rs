@@ -1,0 +1,64 @@
+//! Datasets as in-memory u8 images (the one form every loader produces and the worker shards).
+//!
+//! Contract shared by the loaders, training, attacks and the worker loop:
+//! - [`ImageSet`]: N images, each C x H x W u8 pixels in CHW order (channel planes, rows, columns),
+//!   labels 0..classes. Pixel value p means intensity p/255; normalisation belongs to the model.
+//! - [`Splits`]: train, eval (held out of the training data: the fitness data), test. Deterministic.
+//! - Shards of a split are index ranges, cut by `ccsrp_proto::shard::shard_range`.
+
+/// Images and labels of one split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSet {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// N * C * H * W bytes, CHW order per image.
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u32>,
+    /// Class names in label order.
+    pub class_names: Vec<String>,
+}
+
+impl ImageSet {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes of one image.
+    pub fn image_bytes(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_bytes();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// The images in `range`, as a new set (same shape and class names).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> ImageSet {
+        let n = self.image_bytes();
+        ImageSet {
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            pixels: self.pixels[range.start * n..range.end * n].to_vec(),
+            labels: self.labels[range].to_vec(),
+            class_names: self.class_names.clone(),
+        }
+    }
+}
+
+/// The three splits of a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Splits {
+    pub train: ImageSet,
+    /// Held out of the training data; fitness is counted on it, never on `test`.
+    pub eval: ImageSet,
+    pub test: ImageSet,
+}
