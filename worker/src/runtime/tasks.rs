@@ -1,0 +1,549 @@
+//! Each task kind of the protocol mapped to this crate's library calls.
+//!
+//! | task                      | what runs                                                          |
+//! |---------------------------|--------------------------------------------------------------------|
+//! | `TrainDense`              | a fresh model of the pretrain architecture, trained on train       |
+//! | `EvaluateTest`            | clean, FGSM and PGD correct counts on test                         |
+//! | `BuildAdversarialShard`   | the model pruned by the mutation, PGD on one eval shard, u8 images |
+//! | `EvaluateCandidates`      | per candidate: clean and adversarial correct counts on one shard   |
+//! | `FineTune`                | the model pruned by the masks, fine-tuned on train                 |
+//!
+//! Candidates are scored with the prefix cache: the network pruned by the context (the other
+//! layers' representatives) runs once per shard and image set, every layer's input is kept, and a
+//! layer-l candidate network (physically pruned, never masked) runs from layer l on.
+//!
+//! Every random choice comes from the task's seed (or, for the test attack, from the model's
+//! hash), so results are the same on every worker of the job's backend.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use ccsrp_proto::shard::shard_range;
+use ccsrp_proto::v1::{self, task, task_result, Mask, Task};
+
+use crate::attack::{attack_to_u8, AttackParams};
+use crate::data::{DatasetKind, DatasetSpec, ImageSet, Splits};
+use crate::model::{images_to_tensor, ModelSpec, SnnModel};
+use crate::train::{train, TrainConfig};
+
+use super::adversarial_shard;
+use super::artifact_cache::ArtifactCache;
+use super::master_client::MasterClient;
+use super::prefix_cache::{PrefixCache, PrefixKey};
+use super::WorkerError;
+
+/// Images per forward or attack batch. Fixed, so that a task's arithmetic (and its random draws)
+/// does not depend on the worker.
+pub const BATCH: usize = 64;
+
+/// Bytes of layer inputs the prefix cache may hold.
+pub const PREFIX_CACHE_BYTES: usize = 1 << 30;
+
+/// Models kept loaded between tasks.
+const MODELS_KEPT: usize = 4;
+
+/// Why one task could not be computed (it is logged; its lease expires and the master re-issues
+/// it).
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("task {task_id}: {reason}")]
+    Malformed { task_id: String, reason: String },
+    #[error("artifact: {0}")]
+    Artifact(String),
+    #[error("dataset: {0}")]
+    Data(#[from] crate::data::DataError),
+    #[error("model: {0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("model file: {0}")]
+    ModelFile(String),
+    #[error("attack: {0}")]
+    Attack(#[from] crate::attack::AttackError),
+    #[error("training: {0}")]
+    Train(String),
+    #[error("tensor: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Artifact access for a task running on a blocking thread: the local cache first, then the
+/// master.
+pub struct ArtifactIo {
+    client: MasterClient,
+    cache: ArtifactCache,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ArtifactIo {
+    pub fn new(client: MasterClient, cache: ArtifactCache, runtime: tokio::runtime::Handle) -> ArtifactIo {
+        ArtifactIo {
+            client,
+            cache,
+            runtime,
+        }
+    }
+
+    /// The bytes of artifact `sha256`, checked against the name.
+    pub fn fetch(&self, sha256: &str) -> Result<Vec<u8>, TaskError> {
+        let failed = |e: &dyn std::fmt::Display| TaskError::Artifact(format!("{sha256}: {e}"));
+        if let Some(bytes) = self.cache.get(sha256).map_err(|e| failed(&e))? {
+            return Ok(bytes);
+        }
+        let mut client = self.client.clone();
+        let bytes = self
+            .runtime
+            .block_on(client.get_artifact(sha256))
+            .map_err(|e| failed(&e))?;
+        self.cache.put(sha256, &bytes).map_err(|e| failed(&e))?;
+        Ok(bytes)
+    }
+
+    /// Uploads `bytes` to the master (and keeps a copy in the cache); returns the sha256.
+    pub fn upload(&self, bytes: &[u8]) -> Result<String, TaskError> {
+        let mut client = self.client.clone();
+        let sha256 = self
+            .runtime
+            .block_on(client.put_artifact(bytes))
+            .map_err(|e| TaskError::Artifact(e.to_string()))?;
+        self.cache
+            .put(&sha256, bytes)
+            .map_err(|e| TaskError::Artifact(e.to_string()))?;
+        Ok(sha256)
+    }
+}
+
+/// Layer inputs of one image set through one pruned network, per batch of [`BATCH`] images.
+struct LayerInputs {
+    batches: Vec<Vec<Tensor>>,
+}
+
+/// The worker's compute state: device, data, loaded models and the prefix cache.
+pub struct TaskExecutor {
+    device: Device,
+    dataset: DatasetSpec,
+    eval_shards: u32,
+    splits: Option<Arc<Splits>>,
+    models: Vec<(String, Arc<SnnModel>)>,
+    adversarial: Vec<(String, Arc<ImageSet>)>,
+    prefix: PrefixCache<LayerInputs>,
+}
+
+impl TaskExecutor {
+    /// An executor for the job's dataset (`data_dir` replaces the job's directory when given) on
+    /// `device` (`cpu` or `cuda:N`). Data is loaded on the first task that needs it.
+    pub fn new(
+        dataset: v1::DatasetSpec,
+        data_dir: Option<std::path::PathBuf>,
+        device: &str,
+    ) -> Result<TaskExecutor, WorkerError> {
+        let device =
+            crate::device::parse_device(device).map_err(|e| WorkerError::Device(e.to_string()))?;
+        let kind: DatasetKind = dataset
+            .kind
+            .parse()
+            .map_err(|e| WorkerError::Data(format!("dataset kind {:?}: {e}", dataset.kind)))?;
+        let data_dir = data_dir.or_else(|| {
+            (!dataset.data_dir.is_empty()).then(|| std::path::PathBuf::from(&dataset.data_dir))
+        });
+        let limit = |n: u32| (n > 0).then_some(n as usize);
+        let spec = DatasetSpec {
+            kind,
+            data_dir,
+            eval_size: dataset.eval_size as usize,
+            seed: dataset.seed,
+            train_limit: limit(dataset.train_limit),
+            test_limit: limit(dataset.test_limit),
+        };
+        Ok(TaskExecutor {
+            device,
+            dataset: spec,
+            eval_shards: dataset.eval_shards.max(1),
+            splits: None,
+            models: Vec::new(),
+            adversarial: Vec::new(),
+            prefix: PrefixCache::new(PREFIX_CACHE_BYTES),
+        })
+    }
+
+    /// Computes `task`'s result.
+    pub fn execute(&mut self, task: &Task, io: &ArtifactIo) -> Result<task_result::Outcome, TaskError> {
+        let malformed = |reason: &str| TaskError::Malformed {
+            task_id: task.task_id.clone(),
+            reason: reason.to_string(),
+        };
+        match task.kind.as_ref().ok_or_else(|| malformed("no task kind"))? {
+            task::Kind::TrainDense(t) => self.train_dense(t, io),
+            task::Kind::EvaluateTest(t) => self.evaluate_test(t, io),
+            task::Kind::BuildAdversarialShard(t) => self.build_adversarial_shard(t, io),
+            task::Kind::EvaluateCandidates(t) => self.evaluate_candidates(t, io),
+            task::Kind::FineTune(t) => self.fine_tune(t, io),
+        }
+    }
+
+    fn splits(&mut self) -> Result<Arc<Splits>, TaskError> {
+        if let Some(splits) = &self.splits {
+            return Ok(Arc::clone(splits));
+        }
+        let splits = Arc::new(self.dataset.load()?);
+        tracing::info!(
+            dataset = self.dataset.kind.name(),
+            train = splits.train.len(),
+            eval = splits.eval.len(),
+            test = splits.test.len(),
+            "dataset loaded"
+        );
+        self.splits = Some(Arc::clone(&splits));
+        Ok(splits)
+    }
+
+    fn model(&mut self, sha256: &str, io: &ArtifactIo) -> Result<Arc<SnnModel>, TaskError> {
+        if let Some(at) = self.models.iter().position(|(k, _)| k == sha256) {
+            let entry = self.models.remove(at);
+            let model = Arc::clone(&entry.1);
+            self.models.push(entry);
+            return Ok(model);
+        }
+        let bytes = io.fetch(sha256)?;
+        let model = Arc::new(
+            SnnModel::from_bytes(&bytes, &self.device)
+                .map_err(|e| TaskError::ModelFile(format!("artifact {sha256}: {e}")))?,
+        );
+        self.models.push((sha256.to_string(), Arc::clone(&model)));
+        if self.models.len() > MODELS_KEPT {
+            self.models.remove(0);
+        }
+        Ok(model)
+    }
+
+    fn eval_shard(&mut self, shard: u32) -> Result<ImageSet, TaskError> {
+        let splits = self.splits()?;
+        if shard >= self.eval_shards {
+            return Err(TaskError::Malformed {
+                task_id: format!("shard {shard}"),
+                reason: format!("the eval split has {} shards", self.eval_shards),
+            });
+        }
+        let range = shard_range(splits.eval.len(), self.eval_shards as usize, shard as usize);
+        Ok(splits.eval.slice(range))
+    }
+
+    fn upload_model(&self, model: &SnnModel, io: &ArtifactIo) -> Result<String, TaskError> {
+        let bytes = model
+            .to_bytes()
+            .map_err(|e| TaskError::ModelFile(e.to_string()))?;
+        io.upload(&bytes)
+    }
+
+    fn train_dense(&mut self, t: &v1::TrainDenseTask, io: &ArtifactIo) -> Result<task_result::Outcome, TaskError> {
+        let splits = self.splits()?;
+        let pretrain: PretrainRecord = parse_params(t.params.as_ref())?;
+        let architecture = pretrain
+            .arch
+            .parse()
+            .map_err(|e| TaskError::Train(format!("pretrain.arch {:?}: {e}", pretrain.arch)))?;
+        let train_set = &splits.train;
+        let mut spec = ModelSpec::new(
+            architecture,
+            pretrain.timesteps,
+            crate::arch::InputShape {
+                channels: train_set.channels,
+                height: train_set.height,
+                width: train_set.width,
+            },
+            train_set.class_names.clone(),
+        );
+        spec.normalisation = crate::model::Normalisation::from_images(train_set);
+        let mut model = SnnModel::new(spec, &self.device, t.seed)?;
+        let config = train_config(t.params.as_ref(), t.seed)?;
+        train(&mut model, train_set, &config, &mut |_| {}).map_err(|e| TaskError::Train(e.to_string()))?;
+        let sha256 = self.upload_model(&model, io)?;
+        Ok(task_result::Outcome::Trained(v1::TrainedResult {
+            model: sha256,
+            description: Some(model.description()),
+        }))
+    }
+
+    fn fine_tune(&mut self, t: &v1::FineTuneTask, io: &ArtifactIo) -> Result<task_result::Outcome, TaskError> {
+        let splits = self.splits()?;
+        let model = self.model(&t.model, io)?;
+        let mut pruned = model.prune(&t.masks)?;
+        let config = train_config(t.params.as_ref(), t.seed)?;
+        train(&mut pruned, &splits.train, &config, &mut |_| {}).map_err(|e| TaskError::Train(e.to_string()))?;
+        let sha256 = self.upload_model(&pruned, io)?;
+        Ok(task_result::Outcome::FineTuned(v1::FineTunedResult { model: sha256 }))
+    }
+
+    fn evaluate_test(&mut self, t: &v1::EvaluateTestTask, io: &ArtifactIo) -> Result<task_result::Outcome, TaskError> {
+        let splits = self.splits()?;
+        let model = self.model(&t.model, io)?;
+        let attack = t.attack.as_ref().ok_or_else(|| TaskError::Malformed {
+            task_id: format!("evaluate_test {}", t.iteration),
+            reason: "no attack settings".into(),
+        })?;
+        let test = &splits.test;
+        let clean = correct(&model, test, &self.device)?;
+        let seed = seed_from_name(&t.model);
+        let fgsm = AttackParams::fgsm(t.fgsm_eps);
+        let fgsm_images = attacked(&model, test, &fgsm, seed, &self.device)?;
+        let pgd = pgd_params(attack);
+        let pgd_images = attacked(&model, test, &pgd, seed, &self.device)?;
+        Ok(task_result::Outcome::TestMetrics(v1::TestMetricsResult {
+            samples: test.len() as u64,
+            clean,
+            fgsm: correct(&model, &fgsm_images, &self.device)?,
+            pgd: correct(&model, &pgd_images, &self.device)?,
+        }))
+    }
+
+    fn build_adversarial_shard(
+        &mut self,
+        t: &v1::BuildAdversarialShardTask,
+        io: &ArtifactIo,
+    ) -> Result<task_result::Outcome, TaskError> {
+        let shard = self.eval_shard(t.shard)?;
+        let model = self.model(&t.model, io)?;
+        let mutated = model.prune(&t.mutation)?;
+        let attack = t.attack.as_ref().ok_or_else(|| TaskError::Malformed {
+            task_id: format!("build_adversarial_shard {}/{}", t.iteration, t.shard),
+            reason: "no attack settings".into(),
+        })?;
+        let images = attacked(&mutated, &shard, &pgd_params(attack), t.seed, &self.device)?;
+        let sha256 = io.upload(&adversarial_shard::encode(&images))?;
+        Ok(task_result::Outcome::AdversarialShard(v1::AdversarialShardResult {
+            artifact: sha256,
+            samples: images.len() as u64,
+        }))
+    }
+
+    fn adversarial_images(&mut self, sha256: &str, io: &ArtifactIo) -> Result<Arc<ImageSet>, TaskError> {
+        if let Some((_, set)) = self.adversarial.iter().find(|(k, _)| k == sha256) {
+            return Ok(Arc::clone(set));
+        }
+        let splits = self.splits()?;
+        let bytes = io.fetch(sha256)?;
+        let set = Arc::new(
+            adversarial_shard::decode(&bytes, &splits.eval.class_names)
+                .map_err(|e| TaskError::Artifact(format!("{sha256}: {e}")))?,
+        );
+        self.adversarial.push((sha256.to_string(), Arc::clone(&set)));
+        if self.adversarial.len() > 2 * self.eval_shards as usize {
+            self.adversarial.remove(0);
+        }
+        Ok(set)
+    }
+
+    /// Layer inputs of `images` through `network` (the model pruned by the context), cached.
+    fn layer_inputs(
+        &mut self,
+        key: PrefixKey,
+        network: &SnnModel,
+        images: &ImageSet,
+    ) -> Result<Arc<LayerInputs>, TaskError> {
+        if let Some(inputs) = self.prefix.get(&key) {
+            return Ok(inputs);
+        }
+        let mut batches = Vec::new();
+        let mut bytes = 0usize;
+        for start in (0..images.len()).step_by(BATCH) {
+            let pixels = images_to_tensor(images, start..(start + BATCH).min(images.len()), &self.device)?;
+            let inputs = layer_inputs(network, &pixels)?;
+            bytes += inputs.iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum::<usize>();
+            batches.push(inputs);
+        }
+        let inputs = Arc::new(LayerInputs { batches });
+        self.prefix.insert(key, Arc::clone(&inputs), bytes);
+        Ok(inputs)
+    }
+
+    fn evaluate_candidates(
+        &mut self,
+        t: &v1::EvaluateCandidatesTask,
+        io: &ArtifactIo,
+    ) -> Result<task_result::Outcome, TaskError> {
+        let malformed = |reason: String| TaskError::Malformed {
+            task_id: format!("evaluate_candidates {}/{}/{}/{}", t.iteration, t.generation, t.layer, t.shard),
+            reason,
+        };
+        let layer = t.layer as usize;
+        if layer >= t.context.len() {
+            return Err(malformed(format!("layer {layer} of {} context masks", t.context.len())));
+        }
+        let clean = self.eval_shard(t.shard)?;
+        let adversarial = self.adversarial_images(&t.adversarial, io)?;
+        if adversarial.labels != clean.labels {
+            return Err(malformed(format!(
+                "adversarial shard {} does not hold the labels of eval shard {}",
+                t.adversarial, t.shard
+            )));
+        }
+        let model = self.model(&t.model, io)?;
+        let network = model.prune(&t.context)?;
+        let key = |adversarial: Option<String>| PrefixKey {
+            model: t.model.clone(),
+            context: t.context.clone(),
+            shard: t.shard,
+            adversarial,
+        };
+        let clean_inputs = self.layer_inputs(key(None), &network, &clean)?;
+        let adversarial_inputs = self.layer_inputs(key(Some(t.adversarial.clone())), &network, &adversarial)?;
+        let mut counts = Vec::with_capacity(t.candidates.len());
+        for candidate in &t.candidates {
+            let mask: &Mask = candidate
+                .mask
+                .as_ref()
+                .ok_or_else(|| malformed(format!("candidate {} has no mask", candidate.candidate_id)))?;
+            let mut masks = t.context.clone();
+            masks[layer] = mask.clone();
+            let candidate_network = model.prune(&masks)?;
+            counts.push(v1::CandidateCount {
+                candidate_id: candidate.candidate_id.clone(),
+                clean: correct_from(&candidate_network, layer, &clean_inputs, &clean.labels)?,
+                adversarial: correct_from(&candidate_network, layer, &adversarial_inputs, &adversarial.labels)?,
+                samples: clean.len() as u64,
+            });
+        }
+        Ok(task_result::Outcome::CandidateCounts(v1::CandidateCountsResult { counts }))
+    }
+}
+
+/// The pretrain parameters the worker reads from the engine's record (other fields are the
+/// engine's business).
+#[derive(serde::Deserialize)]
+struct PretrainRecord {
+    arch: String,
+    timesteps: usize,
+}
+
+/// Fields of the engine's training record that the wire message does not carry.
+#[derive(serde::Deserialize)]
+struct TrainRecord {
+    weight_decay: Option<f64>,
+}
+
+fn parse_params<T: serde::de::DeserializeOwned>(params: Option<&v1::TrainParams>) -> Result<T, TaskError> {
+    let params = params.ok_or_else(|| TaskError::Train("task carries no training parameters".into()))?;
+    serde_json::from_str(&params.params_json)
+        .map_err(|e| TaskError::Train(format!("training parameters (params_json): {e}")))
+}
+
+/// The training configuration of a task: the wire fields, seeded by the task.
+fn train_config(params: Option<&v1::TrainParams>, seed: u64) -> Result<TrainConfig, TaskError> {
+    let p = params.ok_or_else(|| TaskError::Train("task carries no training parameters".into()))?;
+    let record: TrainRecord = parse_params(Some(p))?;
+    let mut config = TrainConfig {
+        epochs: p.epochs as usize,
+        batch_size: p.batch_size as usize,
+        lr: p.learning_rate,
+        momentum: p.momentum,
+        seed,
+        ..TrainConfig::default()
+    };
+    if let Some(weight_decay) = record.weight_decay {
+        config.weight_decay = weight_decay;
+    }
+    if p.adversarial_fraction > 0.0 {
+        config.adversarial_fraction = p.adversarial_fraction;
+        config.adversarial = AttackParams::fgsm(p.adversarial_eps);
+    }
+    config.validate().map_err(|e| TaskError::Train(e.to_string()))?;
+    Ok(config)
+}
+
+fn pgd_params(attack: &v1::Attack) -> AttackParams {
+    AttackParams {
+        random_start: attack.random_start,
+        ..AttackParams::pgd(attack.eps, attack.step, attack.steps as usize)
+    }
+}
+
+/// A seed fixed by an artifact name (its first 8 bytes), for tasks that carry none.
+fn seed_from_name(sha256: &str) -> u64 {
+    u64::from_str_radix(sha256.get(..16).unwrap_or("0"), 16).unwrap_or(0)
+}
+
+/// `images` attacked with `params` against `model`, quantised to u8, batch by batch.
+fn attacked(
+    model: &SnnModel,
+    images: &ImageSet,
+    params: &AttackParams,
+    seed: u64,
+    device: &Device,
+) -> Result<ImageSet, TaskError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut pixels = Vec::with_capacity(images.pixels.len());
+    for start in (0..images.len()).step_by(BATCH) {
+        let range = start..(start + BATCH).min(images.len());
+        let x = images_to_tensor(images, range.clone(), device)?;
+        let labels = Tensor::new(&images.labels[range], device)?;
+        pixels.extend(attack_to_u8(model, &x, &labels, params, &mut rng)?);
+    }
+    Ok(ImageSet {
+        pixels,
+        ..images.clone()
+    })
+}
+
+/// Correctly classified images of `images`.
+fn correct(model: &SnnModel, images: &ImageSet, device: &Device) -> Result<u64, TaskError> {
+    let mut total = 0;
+    for start in (0..images.len()).step_by(BATCH) {
+        let range = start..(start + BATCH).min(images.len());
+        let logits = model.forward_eval(&images_to_tensor(images, range.clone(), device)?)?;
+        total += count_correct(&logits, &images.labels[range])?;
+    }
+    Ok(total)
+}
+
+/// The input of every layer of `network` for `pixels`: the normalised image for layer 0, the
+/// (pre-pool) spikes of layer l-1 for layer l, stored as u8 (spikes are 0 or 1: exact, and a
+/// quarter of the f32 size).
+fn layer_inputs(network: &SnnModel, pixels: &Tensor) -> Result<Vec<Tensor>, TaskError> {
+    let layers = network.num_layers();
+    let mut inputs = vec![network.normalised_input(pixels)?];
+    network.run_inference(0, inputs[0].clone(), |l, spikes| {
+        if l + 1 < layers {
+            inputs.push(spikes.to_dtype(candle_core::DType::U8)?);
+        }
+        Ok(())
+    })?;
+    Ok(inputs)
+}
+
+/// Correctly classified images when `network` runs from `layer` on the cached inputs.
+fn correct_from(network: &SnnModel, layer: usize, inputs: &LayerInputs, labels: &[u32]) -> Result<u64, TaskError> {
+    let mut total = 0;
+    for (batch, chunk) in inputs.batches.iter().zip(labels.chunks(BATCH)) {
+        let input = if layer == 0 {
+            batch[0].clone()
+        } else {
+            batch[layer].to_dtype(candle_core::DType::F32)?
+        };
+        let logits = network.run_inference(layer, input, |_, _| Ok(()))?;
+        total += count_correct(&logits, chunk)?;
+    }
+    Ok(total)
+}
+
+/// Rows of `logits` whose largest entry (first on ties) is at the label.
+fn count_correct(logits: &Tensor, labels: &[u32]) -> Result<u64, TaskError> {
+    let predicted = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+    Ok(predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_from_name_reads_the_leading_hex_digits() {
+        assert_eq!(seed_from_name("00000000000000ff00"), 255);
+        assert_eq!(seed_from_name("zz"), 0);
+    }
+
+    #[test]
+    fn correct_counts_compare_the_argmax_with_the_label() {
+        let logits = Tensor::new(&[[0.1f32, 0.9], [0.8, 0.2], [0.3, 0.7]], &Device::Cpu).unwrap();
+        assert_eq!(count_correct(&logits, &[1, 1, 1]).unwrap(), 2);
+    }
+}
