@@ -56,7 +56,7 @@ pub fn decode(bytes: &[u8], class_names: &[String]) -> Result<ImageSet, ShardFor
     }
     let [n, c, h, w] = [word(1), word(2), word(3), word(4)].map(|v| v as u64);
     let expected = (HEADER_BYTES as u64)
-        .checked_add(n.checked_mul(4).unwrap_or(u64::MAX))
+        .checked_add(n.saturating_mul(4))
         .and_then(|b| b.checked_add(n.checked_mul(c)?.checked_mul(h)?.checked_mul(w)?));
     if expected != Some(bytes.len() as u64) {
         return Err(bad(format!(

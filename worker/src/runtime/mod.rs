@@ -3,6 +3,7 @@
 //!
 //! - [`worker_loop`]: register, lease, evaluate, report, heartbeat; reconnection with backoff.
 //! - [`master_client`]: the channel to the master, the token on every call, chunked artifacts.
+//! - [`adversarial_shard`]: the byte form of one shard of the shared adversarial set.
 //! - [`artifact_cache`]: fetched models and adversarial shards on disk, named by sha256.
 //! - [`tasks`]: each task kind mapped to library calls (training, attacks, evaluation).
 //! - [`prefix_cache`]: layer inputs of the representatives network, reused by every candidate of
@@ -11,6 +12,7 @@
 //! Every result is a function of the task alone (its seed, masks and artifacts), so it is the same
 //! whichever worker computed it, and a task re-run after a lost lease gives the same answer.
 
+pub mod adversarial_shard;
 pub mod artifact_cache;
 pub mod master_client;
 pub mod prefix_cache;
