@@ -1,0 +1,373 @@
+//! VGG-style architectures: a list of conv widths and `M` (2x2 average pool), e.g. `"64,M,128,M"`.
+//!
+//! Every number is one prunable layer, `Conv3x3(pad 1, stride 1, no bias) -> BatchNorm2d -> LIF`; an
+//! `M` after it adds `AvgPool2d(2)`. After the last layer the feature map is flattened (C, H, W order)
+//! into one `Linear(features, classes)`. [`Architecture::geometry`] turns the list and an input shape
+//! into per-layer sizes; that is where impossible architectures (a pool shrinking the map below 1x1,
+//! two pools in a row, a pool before any conv) are refused.
+//!
+//! Presets ([`Architecture::preset`]): `vgg11`, `small` (the CPU default) and `tiny` (tests).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Side of every conv kernel.
+pub const KERNEL: usize = 3;
+
+/// An architecture string or an input shape that cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArchError {
+    #[error("architecture {text:?}: item {index} is {item:?}, expected a conv width (positive integer) or M")]
+    BadItem {
+        text: String,
+        index: usize,
+        item: String,
+    },
+    #[error("architecture has no conv layer")]
+    NoConv,
+    #[error("architecture item {index}: M must follow a conv width (no pool before the first conv or two in a row)")]
+    MisplacedPool { index: usize },
+    #[error(
+        "layer {layer}: a 2x2 pool needs a feature map of at least 2x2, it gets {height}x{width}"
+    )]
+    PoolTooSmall {
+        layer: usize,
+        height: usize,
+        width: usize,
+    },
+    #[error("input shape {channels}x{height}x{width}: every side must be at least 1")]
+    EmptyInput {
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
+}
+
+/// One item of an architecture list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchItem {
+    /// A prunable layer with this many filters.
+    Conv(usize),
+    /// 2x2 average pool after the previous conv layer.
+    Pool,
+}
+
+/// A VGG-style architecture; serialised as its string form (`"64,M,128,M"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Architecture {
+    items: Vec<ArchItem>,
+}
+
+/// Shape of one input image (channels, height, width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Sizes of one prunable layer, as the model and the MACs formula need them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerGeometry {
+    pub in_channels: usize,
+    pub filters: usize,
+    /// Conv output size (equals its input size: same padding).
+    pub height: usize,
+    pub width: usize,
+    pub pool_after: bool,
+}
+
+impl LayerGeometry {
+    /// Spatial size of this layer's output after its optional pool.
+    pub fn output_spatial(&self) -> (usize, usize) {
+        if self.pool_after {
+            (self.height / 2, self.width / 2)
+        } else {
+            (self.height, self.width)
+        }
+    }
+}
+
+impl Architecture {
+    /// Names accepted by [`Architecture::preset`].
+    pub const PRESETS: [&'static str; 3] = ["vgg11", "small", "tiny"];
+
+    /// A named preset: `vgg11` (64,M,128,M,256,256,M,512,512,M,512,512,M), `small` (32,M,64,M,128,M),
+    /// `tiny` (8,M,16,M: trains in seconds, for tests).
+    pub fn preset(name: &str) -> Option<Architecture> {
+        let text = match name {
+            "vgg11" => "64,M,128,M,256,256,M,512,512,M,512,512,M",
+            "small" => "32,M,64,M,128,M",
+            "tiny" => "8,M,16,M",
+            _ => return None,
+        };
+        text.parse().ok()
+    }
+
+    /// A preset name or an explicit list.
+    pub fn from_name_or_list(text: &str) -> Result<Architecture, ArchError> {
+        match Architecture::preset(text.trim()) {
+            Some(a) => Ok(a),
+            None => text.parse(),
+        }
+    }
+
+    /// Builds from items, checking the ordering rules (pools follow a conv, at least one conv).
+    pub fn new(items: Vec<ArchItem>) -> Result<Architecture, ArchError> {
+        let mut previous_was_conv = false;
+        for (index, item) in items.iter().enumerate() {
+            match item {
+                ArchItem::Conv(_) => previous_was_conv = true,
+                ArchItem::Pool if !previous_was_conv => {
+                    return Err(ArchError::MisplacedPool { index })
+                }
+                ArchItem::Pool => previous_was_conv = false,
+            }
+        }
+        if !items.iter().any(|i| matches!(i, ArchItem::Conv(_))) {
+            return Err(ArchError::NoConv);
+        }
+        Ok(Architecture { items })
+    }
+
+    pub fn items(&self) -> &[ArchItem] {
+        &self.items
+    }
+
+    /// Filter counts of the prunable layers, in order.
+    pub fn widths(&self) -> Vec<usize> {
+        self.items
+            .iter()
+            .filter_map(|i| match i {
+                ArchItem::Conv(w) => Some(*w),
+                ArchItem::Pool => None,
+            })
+            .collect()
+    }
+
+    /// The same layout (pools in the same places) with new widths, one per conv layer; used by
+    /// pruning. `widths` must have one entry per conv layer, each at least 1.
+    pub fn with_widths(&self, widths: &[usize]) -> Architecture {
+        let mut next = widths.iter();
+        let items = self
+            .items
+            .iter()
+            .map(|item| match item {
+                ArchItem::Conv(w) => ArchItem::Conv(next.next().copied().unwrap_or(*w)),
+                ArchItem::Pool => ArchItem::Pool,
+            })
+            .collect();
+        Architecture { items }
+    }
+
+    /// Per-layer sizes for images of shape `input`, and the classifier's input features.
+    pub fn geometry(&self, input: InputShape) -> Result<(Vec<LayerGeometry>, usize), ArchError> {
+        if input.channels == 0 || input.height == 0 || input.width == 0 {
+            return Err(ArchError::EmptyInput {
+                channels: input.channels,
+                height: input.height,
+                width: input.width,
+            });
+        }
+        let mut layers: Vec<LayerGeometry> = Vec::new();
+        let (mut channels, mut height, mut width) = (input.channels, input.height, input.width);
+        for item in &self.items {
+            match *item {
+                ArchItem::Conv(filters) => {
+                    layers.push(LayerGeometry {
+                        in_channels: channels,
+                        filters,
+                        height,
+                        width,
+                        pool_after: false,
+                    });
+                    channels = filters;
+                }
+                ArchItem::Pool => {
+                    let layer = layers.len().saturating_sub(1);
+                    if height < 2 || width < 2 {
+                        return Err(ArchError::PoolTooSmall {
+                            layer,
+                            height,
+                            width,
+                        });
+                    }
+                    if let Some(last) = layers.last_mut() {
+                        last.pool_after = true;
+                    }
+                    height /= 2;
+                    width /= 2;
+                }
+            }
+        }
+        Ok((layers, channels * height * width))
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match item {
+                ArchItem::Conv(w) => write!(f, "{w}")?,
+                ArchItem::Pool => f.write_str("M")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Architecture {
+    type Err = ArchError;
+
+    /// Parses `"64,M,128,M"` (spaces around items allowed, `m` accepted for `M`).
+    fn from_str(text: &str) -> Result<Architecture, ArchError> {
+        let items = text
+            .split(',')
+            .enumerate()
+            .map(|(index, raw)| {
+                let item = raw.trim();
+                if item.eq_ignore_ascii_case("m") {
+                    return Ok(ArchItem::Pool);
+                }
+                match item.parse::<usize>() {
+                    Ok(w) if w > 0 => Ok(ArchItem::Conv(w)),
+                    _ => Err(ArchError::BadItem {
+                        text: text.to_string(),
+                        index,
+                        item: item.to_string(),
+                    }),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Architecture::new(items)
+    }
+}
+
+impl Serialize for Architecture {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Architecture {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Architecture, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(c: usize, h: usize, w: usize) -> InputShape {
+        InputShape {
+            channels: c,
+            height: h,
+            width: w,
+        }
+    }
+
+    #[test]
+    fn strings_round_trip_through_parse_and_display() {
+        let a: Architecture = "64, M,128,m,256".parse().unwrap();
+        assert_eq!(a.to_string(), "64,M,128,M,256");
+        assert_eq!(a.widths(), vec![64, 128, 256]);
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, "\"64,M,128,M,256\"");
+        let back: Architecture = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, a);
+    }
+
+    #[test]
+    fn presets_have_the_documented_layouts() {
+        let vgg = Architecture::preset("vgg11").unwrap();
+        assert_eq!(vgg.to_string(), "64,M,128,M,256,256,M,512,512,M,512,512,M");
+        assert_eq!(
+            Architecture::preset("small").unwrap().to_string(),
+            "32,M,64,M,128,M"
+        );
+        assert!(Architecture::preset("tiny").is_some());
+        assert!(Architecture::preset("resnet").is_none());
+        assert_eq!(
+            Architecture::from_name_or_list("small")
+                .unwrap()
+                .widths()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn malformed_strings_name_the_bad_item() {
+        assert_eq!(
+            "64,X".parse::<Architecture>(),
+            Err(ArchError::BadItem {
+                text: "64,X".into(),
+                index: 1,
+                item: "X".into()
+            })
+        );
+        assert!(matches!(
+            "0,M".parse::<Architecture>(),
+            Err(ArchError::BadItem { index: 0, .. })
+        ));
+        assert_eq!(
+            "M,64".parse::<Architecture>(),
+            Err(ArchError::MisplacedPool { index: 0 })
+        );
+        assert_eq!(
+            "64,M,M".parse::<Architecture>(),
+            Err(ArchError::MisplacedPool { index: 2 })
+        );
+        assert!(matches!(
+            "".parse::<Architecture>(),
+            Err(ArchError::BadItem { .. })
+        ));
+    }
+
+    #[test]
+    fn geometry_follows_same_padding_and_halving_pools() {
+        let a: Architecture = "8,M,16,M".parse().unwrap();
+        let (layers, features) = a.geometry(shape(1, 28, 28)).unwrap();
+        assert_eq!(
+            layers,
+            vec![
+                LayerGeometry {
+                    in_channels: 1,
+                    filters: 8,
+                    height: 28,
+                    width: 28,
+                    pool_after: true
+                },
+                LayerGeometry {
+                    in_channels: 8,
+                    filters: 16,
+                    height: 14,
+                    width: 14,
+                    pool_after: true
+                },
+            ]
+        );
+        assert_eq!(features, 16 * 7 * 7);
+    }
+
+    #[test]
+    fn pools_that_shrink_below_one_pixel_are_errors() {
+        let vgg = Architecture::preset("vgg11").unwrap();
+        assert!(vgg.geometry(shape(3, 32, 32)).is_ok());
+        assert_eq!(
+            vgg.geometry(shape(3, 16, 16)),
+            Err(ArchError::PoolTooSmall {
+                layer: 7,
+                height: 1,
+                width: 1
+            })
+        );
+    }
+}

@@ -1,0 +1,583 @@
+//! Multi-step leaky integrate-and-fire neurons, numerically as spikingjelly's `LIFNode`
+//! (hard reset, `decay_input`, `detach_reset=False`).
+//!
+//! Per step t, with membrane potential `v` starting at `v_reset`:
+//! - charge: `h = v + (x - (v - v_reset)) / tau` (`decay_input`), else `h = v - (v - v_reset) / tau + x`;
+//! - fire: `s = (h >= v_threshold)`;
+//! - hard reset: `v = h * (1 - s) + v_reset * s`.
+//!
+//! `1 / tau` is applied as a multiplication by the f32 nearest to `1/tau` (exact for the default
+//! tau = 2).
+//!
+//! Two paths compute the same spikes:
+//! - [`Lif::forward`]: differentiable. The spike is `heaviside(h) + (h - h.detach()) * k.detach()` with
+//!   `k` the surrogate derivative at `h`: its value is exactly the Heaviside step and its gradient
+//!   `ds/dh = k` ([`SurrogateKind`]). Only plain tensor ops, so it runs on every backend.
+//! - [`Lif::forward_inference`]: no graph. On CPU one fused loop over the f32 buffer (optionally
+//!   applying a per-channel affine first: the folded batch norm); elsewhere the same tensor ops as the
+//!   differentiable path on detached tensors. Both give bit-identical spikes to [`Lif::forward`].
+//!
+//! Layout: multi-step tensors are step-major `[T*B, ...]` (rows `t*B..(t+1)*B` are step t), so a conv
+//! runs once over all steps and only the neuron loop is sequential in T. [`Drive::Constant`] feeds a
+//! `[B, ...]` current at every step (direct encoding of the first layer).
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Surrogate gradient of the spike function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SurrogateKind {
+    /// `ds/dh = alpha * sg * (1 - sg)`, `sg = sigmoid(alpha * (h - v_threshold))` (default alpha 4).
+    Sigmoid,
+    /// spikingjelly's `ATan`: `ds/dh = alpha / 2 / (1 + (pi/2 * alpha * (h - v_threshold))^2)`
+    /// (spikingjelly's default alpha is 2).
+    Atan,
+}
+
+/// Neuron constants; the defaults are spikingjelly's (tau 2, threshold 1, reset 0, decay_input) with
+/// the sigmoid surrogate at alpha 4.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifParams {
+    pub tau: f64,
+    pub v_threshold: f64,
+    pub v_reset: f64,
+    pub decay_input: bool,
+    pub surrogate: SurrogateKind,
+    /// Sharpness of the surrogate.
+    pub alpha: f64,
+}
+
+impl Default for LifParams {
+    fn default() -> Self {
+        LifParams {
+            tau: 2.0,
+            v_threshold: 1.0,
+            v_reset: 0.0,
+            decay_input: true,
+            surrogate: SurrogateKind::Sigmoid,
+            alpha: 4.0,
+        }
+    }
+}
+
+/// Neuron constants that cannot describe a LIF neuron.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LifError {
+    #[error("lif.{field} = {value}: {expected}")]
+    BadParam {
+        field: &'static str,
+        value: f64,
+        expected: &'static str,
+    },
+    #[error("LIF needs at least one time step")]
+    NoTimesteps,
+}
+
+impl LifParams {
+    /// Checks every constant is finite, `tau >= 1` (a leak factor `1/tau` above 1 diverges),
+    /// `alpha > 0` and `v_reset < v_threshold`.
+    pub fn validate(&self) -> Result<(), LifError> {
+        let bad = |field, value, expected| {
+            Err(LifError::BadParam {
+                field,
+                value,
+                expected,
+            })
+        };
+        if !(self.tau.is_finite() && self.tau >= 1.0) {
+            return bad("tau", self.tau, "expected a finite number >= 1");
+        }
+        if !self.v_threshold.is_finite() {
+            return bad("v_threshold", self.v_threshold, "expected a finite number");
+        }
+        if !(self.v_reset.is_finite() && self.v_reset < self.v_threshold) {
+            return bad(
+                "v_reset",
+                self.v_reset,
+                "expected a finite number below v_threshold",
+            );
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return bad("alpha", self.alpha, "expected a finite number > 0");
+        }
+        Ok(())
+    }
+}
+
+/// How the input current reaches the neurons over the T steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    /// The current is `[T*B, ...]`, one slice per step.
+    EveryStep,
+    /// The current is `[B, ...]` and the same at every step (direct encoding).
+    Constant,
+}
+
+/// A per-channel affine `x * scale[c] + shift[c]` applied to the current before the neuron (the
+/// inference form of batch norm). Channel is dimension 1; both tensors are `[C]` f32.
+#[derive(Debug, Clone)]
+pub struct ChannelAffine {
+    pub scale: Tensor,
+    pub shift: Tensor,
+}
+
+impl ChannelAffine {
+    /// Applies the affine with tensor ops (differentiable), in the same f32 order as the fused loop:
+    /// `x * scale` then `+ shift`.
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let c = self.scale.dim(0)?;
+        let mut shape = vec![1usize; x.rank()];
+        if shape.len() < 2 {
+            candle_core::bail!(
+                "channel affine needs a tensor with a channel dimension, got {:?}",
+                x.shape()
+            );
+        }
+        shape[1] = c;
+        x.broadcast_mul(&self.scale.reshape(shape.as_slice())?)?
+            .broadcast_add(&self.shift.reshape(shape.as_slice())?)
+    }
+}
+
+/// A layer of multi-step LIF neurons simulated for `timesteps` steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lif {
+    params: LifParams,
+    timesteps: usize,
+}
+
+impl Lif {
+    pub fn new(params: LifParams, timesteps: usize) -> Result<Lif, LifError> {
+        params.validate()?;
+        if timesteps == 0 {
+            return Err(LifError::NoTimesteps);
+        }
+        Ok(Lif { params, timesteps })
+    }
+
+    pub fn params(&self) -> &LifParams {
+        &self.params
+    }
+
+    pub fn timesteps(&self) -> usize {
+        self.timesteps
+    }
+
+    /// Differentiable spikes `[T*B, ...]` (f32 0/1) for the current (see [`Drive`]).
+    pub fn forward(&self, current: &Tensor, drive: Drive) -> candle_core::Result<Tensor> {
+        self.tensor_path(current, drive, true)
+    }
+
+    /// Spikes without an autograd graph, bit-identical to [`Lif::forward`] fed
+    /// `affine.apply(current)` (or `current` when `affine` is `None`).
+    pub fn forward_inference(
+        &self,
+        current: &Tensor,
+        drive: Drive,
+        affine: Option<&ChannelAffine>,
+    ) -> candle_core::Result<Tensor> {
+        let current = current.detach();
+        if current.device().is_cpu() && current.dtype() == DType::F32 {
+            let affine = match affine {
+                Some(a) => Some((
+                    a.scale.detach().to_vec1::<f32>()?,
+                    a.shift.detach().to_vec1::<f32>()?,
+                )),
+                None => None,
+            };
+            let kernel = FusedLif {
+                lif: *self,
+                drive,
+                affine,
+            };
+            let current = current.contiguous()?;
+            return current.apply_op1_no_bwd(&kernel);
+        }
+        let current = match affine {
+            Some(a) => {
+                let a = ChannelAffine {
+                    scale: a.scale.detach(),
+                    shift: a.shift.detach(),
+                };
+                a.apply(&current)?
+            }
+            None => current,
+        };
+        self.tensor_path(&current, drive, false)
+    }
+
+    fn step_rows(&self, current: &Tensor, drive: Drive) -> candle_core::Result<usize> {
+        self.step_rows_from(current.dim(0)?, drive)
+    }
+
+    /// The neuron loop with tensor ops; `track` adds the surrogate-gradient term.
+    fn tensor_path(
+        &self,
+        current: &Tensor,
+        drive: Drive,
+        track: bool,
+    ) -> candle_core::Result<Tensor> {
+        let p = &self.params;
+        let b = self.step_rows(current, drive)?;
+        let inv_tau = 1.0 / p.tau;
+        let step_shape = {
+            let mut d = current.dims().to_vec();
+            d[0] = b;
+            d
+        };
+        let mut v = Tensor::full(p.v_reset as f32, step_shape.as_slice(), current.device())?;
+        let mut spikes = Vec::with_capacity(self.timesteps);
+        for t in 0..self.timesteps {
+            let x = match drive {
+                Drive::Constant => current.clone(),
+                Drive::EveryStep => current.narrow(0, t * b, b)?,
+            };
+            let leak = if p.v_reset == 0.0 {
+                v.clone()
+            } else {
+                v.affine(1.0, -p.v_reset)?
+            };
+            let h = if p.decay_input {
+                v.add(&x.sub(&leak)?.affine(inv_tau, 0.0)?)?
+            } else {
+                v.sub(&leak.affine(inv_tau, 0.0)?)?.add(&x)?
+            };
+            let fired = h.ge(p.v_threshold)?.to_dtype(current.dtype())?;
+            let s = if track {
+                let detached = h.detach();
+                let k = self.surrogate_derivative(&detached)?;
+                h.sub(&detached)?.mul(&k)?.add(&fired)?
+            } else {
+                fired
+            };
+            v = h.mul(&s.affine(-1.0, 1.0)?)?;
+            if p.v_reset != 0.0 {
+                v = v.add(&s.affine(p.v_reset, 0.0)?)?;
+            }
+            spikes.push(s);
+        }
+        Tensor::cat(&spikes, 0)
+    }
+
+    /// `ds/dh` at the (detached) potentials `h`.
+    fn surrogate_derivative(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        let p = &self.params;
+        match p.surrogate {
+            SurrogateKind::Sigmoid => {
+                let sg = candle_nn::ops::sigmoid(&h.affine(p.alpha, -p.alpha * p.v_threshold)?)?;
+                sg.mul(&sg.affine(-1.0, 1.0)?)?.affine(p.alpha, 0.0)
+            }
+            SurrogateKind::Atan => {
+                let c = std::f64::consts::FRAC_PI_2 * p.alpha;
+                h.affine(c, -c * p.v_threshold)?
+                    .sqr()?
+                    .affine(1.0, 1.0)?
+                    .recip()?
+                    .affine(p.alpha / 2.0, 0.0)
+            }
+        }
+    }
+}
+
+/// The CPU inference kernel: affine (optional) + the whole T-step neuron loop in one pass per step.
+struct FusedLif {
+    lif: Lif,
+    drive: Drive,
+    affine: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl FusedLif {
+    fn run(&self, x: &[f32], dims: &[usize]) -> candle_core::Result<(Vec<f32>, Vec<usize>)> {
+        let t_steps = self.lif.timesteps;
+        let rows = self.lif.step_rows_from(dims[0], self.drive)?;
+        let per_row: usize = dims[1..].iter().product();
+        let m = rows * per_row;
+        let (channels, spatial) = match &self.affine {
+            Some((scale, shift)) => {
+                let c = *dims.get(1).unwrap_or(&0);
+                if scale.len() != c || shift.len() != c {
+                    candle_core::bail!(
+                        "channel affine has {} scales and {} shifts for {c} channels",
+                        scale.len(),
+                        shift.len()
+                    );
+                }
+                (c, per_row / c.max(1))
+            }
+            None => (1, per_row),
+        };
+        let p = &self.lif.params;
+        let consts = Consts {
+            v_reset: p.v_reset as f32,
+            v_threshold: p.v_threshold as f32,
+            inv_tau: (1.0 / p.tau) as f32,
+            nonzero_reset: p.v_reset != 0.0,
+            decay_input: p.decay_input,
+        };
+        let mut out = vec![0f32; t_steps * m];
+        let mut v = vec![consts.v_reset; m];
+        // Constant drive: the affine result is the same every step, computed once.
+        let constant_current: Option<Vec<f32>> = match (self.drive, &self.affine) {
+            (Drive::Constant, Some((scale, shift))) => {
+                let mut cur = x[..m].to_vec();
+                for (block, xs) in cur.chunks_exact_mut(spatial).enumerate() {
+                    let (a, b) = (scale[block % channels], shift[block % channels]);
+                    xs.iter_mut().for_each(|x| *x = *x * a + b);
+                }
+                Some(cur)
+            }
+            _ => None,
+        };
+        for t in 0..t_steps {
+            let out_t = &mut out[t * m..(t + 1) * m];
+            match (self.drive, &self.affine, &constant_current) {
+                (Drive::Constant, _, Some(cur)) => consts.steps(cur, &mut v, out_t, |x| x),
+                (Drive::Constant, _, None) => consts.steps(&x[..m], &mut v, out_t, |x| x),
+                (Drive::EveryStep, None, _) => {
+                    consts.steps(&x[t * m..(t + 1) * m], &mut v, out_t, |x| x)
+                }
+                (Drive::EveryStep, Some((scale, shift)), _) => {
+                    let xt = &x[t * m..(t + 1) * m];
+                    for (block, ((xs, vs), os)) in xt
+                        .chunks_exact(spatial)
+                        .zip(v.chunks_exact_mut(spatial))
+                        .zip(out_t.chunks_exact_mut(spatial))
+                        .enumerate()
+                    {
+                        let (a, b) = (scale[block % channels], shift[block % channels]);
+                        consts.steps(xs, vs, os, |x| x * a + b);
+                    }
+                }
+            }
+        }
+        let mut out_dims = dims.to_vec();
+        out_dims[0] = rows * t_steps;
+        Ok((out, out_dims))
+    }
+}
+
+impl Lif {
+    fn step_rows_from(&self, rows: usize, drive: Drive) -> candle_core::Result<usize> {
+        match drive {
+            Drive::Constant => Ok(rows),
+            Drive::EveryStep if rows % self.timesteps == 0 => Ok(rows / self.timesteps),
+            Drive::EveryStep => candle_core::bail!(
+                "LIF input has {rows} rows, not a multiple of T = {}",
+                self.timesteps
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Consts {
+    v_reset: f32,
+    v_threshold: f32,
+    inv_tau: f32,
+    nonzero_reset: bool,
+    decay_input: bool,
+}
+
+impl Consts {
+    /// One step for a run of neurons: the exact f32 operations of the tensor path.
+    #[inline(always)]
+    fn steps(&self, xs: &[f32], vs: &mut [f32], os: &mut [f32], current: impl Fn(f32) -> f32) {
+        let (vr, vth, k) = (self.v_reset, self.v_threshold, self.inv_tau);
+        for ((&x, v), o) in xs.iter().zip(vs.iter_mut()).zip(os.iter_mut()) {
+            let x = current(x);
+            let leak = if self.nonzero_reset { *v - vr } else { *v };
+            let h = if self.decay_input {
+                *v + ((x - leak) * k + 0.0)
+            } else {
+                (*v - (leak * k + 0.0)) + x
+            };
+            let fired = h >= vth;
+            *o = if fired { 1.0 } else { 0.0 };
+            *v = if fired { vr } else { h };
+        }
+    }
+}
+
+impl CustomOp1 for FusedLif {
+    fn name(&self) -> &'static str {
+        "fused-lif"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let data = match storage {
+            CpuStorage::F32(d) => d,
+            other => candle_core::bail!(
+                "fused LIF expects f32, got {:?}",
+                candle_core::backend::BackendStorage::dtype(other)
+            ),
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("fused LIF expects a contiguous input");
+        };
+        let (out, dims) = self.run(&data[start..end], layout.dims())?;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+
+    fn lif(timesteps: usize) -> Lif {
+        Lif::new(LifParams::default(), timesteps).unwrap()
+    }
+
+    #[test]
+    fn constant_current_charges_fires_and_resets_as_hand_computed() {
+        // tau 2, v_th 1: x = 1.5 -> h = 0.75 (no spike), h = 0.75 + (1.5 - 0.75)/2 = 1.125 (spike, v=0),
+        // h = 0.75, h = 1.125 ...; x = 2 -> h = 1 fires at once (h >= v_th).
+        let x = Tensor::new(&[[1.5f32, 2.0, 0.5]], &Device::Cpu).unwrap();
+        let s = lif(4).forward(&x, Drive::Constant).unwrap();
+        let s: Vec<Vec<f32>> = s.to_vec2().unwrap();
+        assert_eq!(
+            s,
+            vec![
+                vec![0.0, 1.0, 0.0],
+                vec![1.0, 1.0, 0.0],
+                vec![0.0, 1.0, 0.0],
+                vec![1.0, 1.0, 0.0]
+            ]
+        );
+    }
+
+    #[test]
+    fn per_step_current_uses_each_steps_slice_and_leaks() {
+        // B = 1, two neurons, T = 3: x_t rows. Neuron 0: 1.0 -> h 0.5; 0 -> h 0.25; 2 -> h 1.125 spike.
+        let x = Tensor::new(&[[1.0f32, 4.0], [0.0, -2.0], [2.0, 1.0]], &Device::Cpu).unwrap();
+        let s: Vec<Vec<f32>> = lif(3)
+            .forward(&x, Drive::EveryStep)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        // Neuron 1: 4 -> h 2 spike (v 0); -2 -> h -1; 1 -> h -1 + (1 + 1)/2 = 0.
+        assert_eq!(s, vec![vec![0.0, 1.0], vec![0.0, 0.0], vec![1.0, 0.0]]);
+    }
+
+    #[test]
+    fn nonzero_reset_and_input_without_decay_follow_spikingjelly() {
+        let params = LifParams {
+            v_reset: -0.5,
+            decay_input: false,
+            ..LifParams::default()
+        };
+        let l = Lif::new(params, 3).unwrap();
+        // v0 = -0.5: h = v - (v - vr)/2 + x = -0.5 + 1.6 = 1.1 spike -> v = -0.5; again 1.1 spike;
+        // x = 0.9: h = 0.4 no spike.
+        let x = Tensor::new(&[[1.6f32], [1.6], [0.9]], &Device::Cpu).unwrap();
+        let s: Vec<Vec<f32>> = l.forward(&x, Drive::EveryStep).unwrap().to_vec2().unwrap();
+        assert_eq!(s, vec![vec![1.0], vec![1.0], vec![0.0]]);
+    }
+
+    fn surrogate_gradient_matches(kind: SurrogateKind, alpha: f64, formula: impl Fn(f64) -> f64) {
+        let params = LifParams {
+            surrogate: kind,
+            alpha,
+            ..LifParams::default()
+        };
+        let l = Lif::new(params, 1).unwrap();
+        let xs = [-1.0f32, 0.5, 1.9, 2.0, 2.4, 3.0];
+        let x = Var::new(&xs, &Device::Cpu).unwrap();
+        let s = l.forward(x.as_tensor(), Drive::Constant).unwrap();
+        let grads = s.sum_all().unwrap().backward().unwrap();
+        let g: Vec<f32> = grads.get(x.as_tensor()).unwrap().to_vec1().unwrap();
+        for (&xi, &gi) in xs.iter().zip(&g) {
+            // One step from v = 0: h = x / 2, dh/dx = 1/2.
+            let expected = formula(f64::from(xi) / 2.0 - 1.0) * 0.5;
+            assert!(
+                (f64::from(gi) - expected).abs() < 1e-6,
+                "{kind:?} x={xi}: gradient {gi}, expected {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn sigmoid_surrogate_gradient_equals_the_formula() {
+        surrogate_gradient_matches(SurrogateKind::Sigmoid, 4.0, |u| {
+            let sg = 1.0 / (1.0 + (-4.0 * u).exp());
+            4.0 * sg * (1.0 - sg)
+        });
+    }
+
+    #[test]
+    fn atan_surrogate_gradient_equals_the_formula() {
+        surrogate_gradient_matches(SurrogateKind::Atan, 2.0, |u| {
+            let z = std::f64::consts::FRAC_PI_2 * 2.0 * u;
+            2.0 / 2.0 / (1.0 + z * z)
+        });
+    }
+
+    #[test]
+    fn fused_inference_gives_exactly_the_differentiable_paths_spikes() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let (t, b, c, hw) = (4usize, 3usize, 5usize, 6usize);
+        let per_step = b * c * hw;
+        let data: Vec<f32> = (0..t * per_step)
+            .map(|_| rng.random_range(-1.0f32..3.0))
+            .collect();
+        let scale: Vec<f32> = (0..c).map(|_| rng.random_range(0.2f32..2.0)).collect();
+        let shift: Vec<f32> = (0..c).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+        let dev = Device::Cpu;
+        let affine = ChannelAffine {
+            scale: Tensor::new(scale.as_slice(), &dev).unwrap(),
+            shift: Tensor::new(shift.as_slice(), &dev).unwrap(),
+        };
+        for params in [
+            LifParams::default(),
+            LifParams {
+                v_reset: -0.3,
+                decay_input: false,
+                tau: 3.0,
+                ..LifParams::default()
+            },
+        ] {
+            let l = Lif::new(params, t).unwrap();
+            let every = Tensor::from_vec(data.clone(), (t * b, c, 2, 3), &dev).unwrap();
+            let constant = every.narrow(0, 0, b).unwrap();
+            for (x, drive) in [(&every, Drive::EveryStep), (&constant, Drive::Constant)] {
+                let reference = l.forward(&affine.apply(x).unwrap(), drive).unwrap();
+                let fused = l.forward_inference(x, drive, Some(&affine)).unwrap();
+                assert_eq!(fused.dims(), &[t * b, c, 2, 3]);
+                let r: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
+                let f: Vec<f32> = fused.flatten_all().unwrap().to_vec1().unwrap();
+                assert_eq!(r, f, "{params:?} {drive:?}");
+                assert!(r.iter().any(|&s| s == 1.0) && r.iter().any(|&s| s == 0.0));
+                let plain = l.forward_inference(x, drive, None).unwrap();
+                let plain_ref = l.forward(x, drive).unwrap();
+                assert_eq!(
+                    plain.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    plain_ref.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_constants_are_refused_naming_the_field() {
+        let err = Lif::new(
+            LifParams {
+                tau: 0.5,
+                ..LifParams::default()
+            },
+            4,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("lif.tau"), "{err}");
+        assert_eq!(
+            Lif::new(LifParams::default(), 0),
+            Err(LifError::NoTimesteps)
+        );
+    }
+}
