@@ -1,0 +1,69 @@
+//! The engine on a synthetic problem with a known answer, driven through ask/tell end to end.
+
+mod support;
+
+use ccsrp_master::outcome::StopReason;
+use ccsrp_master::{Engine, EngineConfig, Phase};
+use support::{spec, Evaluator, Problem};
+
+#[test]
+fn engine_prunes_low_utility_filters_within_the_stop_limits() {
+    let config = EngineConfig::default();
+    let mut engine = Engine::new(spec(42, config.clone(), 4, true)).unwrap();
+    assert_eq!(engine.progress().phase, Phase::Pretraining);
+    let mut evaluator = Evaluator::new(Problem::new(7), 4);
+    let answered = support::run_in_order(&mut engine, &mut evaluator);
+
+    let outcome = engine.outcome().expect("done");
+    let answer = &outcome.answer;
+    let reduction = outcome.macs_reduction();
+    let mut high_kept = 0usize;
+    let mut high_total = 0usize;
+    let mut low_pruned = 0usize;
+    let mut low_total = 0usize;
+    for (l, kept) in answer.kept_filters.iter().enumerate() {
+        for f in 0..support::WIDTHS[l] as usize {
+            let is_kept = kept.contains(&(f as u32));
+            if evaluator.problem.is_high(l, f) {
+                high_total += 1;
+                high_kept += usize::from(is_kept);
+            } else {
+                low_total += 1;
+                low_pruned += usize::from(!is_kept);
+            }
+        }
+    }
+    let high_fraction = high_kept as f64 / high_total as f64;
+    let low_fraction = low_pruned as f64 / low_total as f64;
+    println!(
+        "synthetic: {answered} items, {} iterations ({:?}), MACs {} -> {} ({:.1}% pruned), \
+         high-utility filters kept {high_kept}/{high_total} ({:.1}%), low-utility pruned \
+         {low_pruned}/{low_total} ({:.1}%), clean drop {:.2} pt, robust drop {:.2} pt",
+        outcome.iterations.len(),
+        outcome.reason,
+        outcome.dense.macs,
+        answer.macs,
+        100.0 * reduction,
+        100.0 * high_fraction,
+        100.0 * low_fraction,
+        answer.clean_drop,
+        answer.robust_drop,
+    );
+    assert!(reduction >= 0.40, "pruned only {:.1}% of MACs", 100.0 * reduction);
+    assert!(answer.clean_drop <= config.stop.max_clean_drop);
+    assert!(answer.robust_drop <= config.stop.max_robust_drop);
+    assert!(high_fraction >= 0.99, "kept only {high_kept}/{high_total} high-utility filters");
+    assert_eq!(engine.progress().phase, Phase::Done);
+    if let StopReason::LimitExceeded { iteration } = outcome.reason {
+        let last = outcome.iterations.last().unwrap();
+        assert_eq!(last.network.iteration, iteration);
+        assert!(!last.within_limits);
+        assert_eq!(answer.iteration + 1, iteration);
+    }
+    // Every finished iteration is a point of the result; the answer is the last within the limits.
+    assert!(outcome
+        .iterations
+        .iter()
+        .filter(|r| r.within_limits)
+        .all(|r| r.network.iteration <= answer.iteration));
+}
