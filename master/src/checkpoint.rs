@@ -1,0 +1,179 @@
+//! The job's checkpoint: the whole engine state (RNG streams included) in one JSON file,
+//! `<state dir>/checkpoint.json`, replaced atomically (temp file, fsync, rename, fsync of the
+//! directory).
+//!
+//! Leases are deliberately not saved: after a restart every outstanding item is leased afresh, and
+//! because the engine's results do not depend on arrival order, a master killed at any moment and
+//! resumed from its last checkpoint finishes with the same result. The checkpoint records the
+//! fingerprint of the job file it belongs to, so a state dir is never resumed under another job.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::artifact_store::{write_atomic, StoreError};
+use crate::Engine;
+
+/// File name of the checkpoint inside the state dir.
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+
+/// Format version of the checkpoint file; bumped on incompatible changes.
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// A checkpoint that cannot be written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("checkpoint {1}: {0}")]
+    Write(#[source] StoreError, String),
+    #[error("checkpoint {path}: not a readable checkpoint: {detail}")]
+    Format { path: String, detail: String },
+    #[error(
+        "checkpoint {path}: format version {found}, this build reads version {CHECKPOINT_VERSION}"
+    )]
+    Version { path: String, found: u32 },
+    #[error("checkpoint {path} belongs to another job (job fingerprint {found}, this job file's is {expected}): use a fresh --state-dir")]
+    OtherJob {
+        path: String,
+        found: String,
+        expected: String,
+    },
+}
+
+/// What the checkpoint file holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub version: u32,
+    /// Fingerprint of the job configuration (see `JobConfig::fingerprint`).
+    pub job: String,
+    pub engine: Engine,
+}
+
+/// Path of the checkpoint in `state_dir`.
+pub fn path_in(state_dir: &Path) -> PathBuf {
+    state_dir.join(CHECKPOINT_FILE)
+}
+
+/// Serialises the checkpoint (kept separate from [`write`] so the job lock is held only for this).
+pub fn encode(job: &str, engine: &Engine) -> Result<Vec<u8>, CheckpointError> {
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        version: u32,
+        job: &'a str,
+        engine: &'a Engine,
+    }
+    serde_json::to_vec(&Borrowed {
+        version: CHECKPOINT_VERSION,
+        job,
+        engine,
+    })
+    .map_err(|e| CheckpointError::Format {
+        path: CHECKPOINT_FILE.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// Replaces the checkpoint at `path` with `bytes` (from [`encode`]) atomically.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    write_atomic(path, bytes).map_err(|e| CheckpointError::Write(e, path.display().to_string()))
+}
+
+/// Reads the checkpoint at `path`, if there is one, and checks it belongs to job `fingerprint`.
+pub fn read(path: &Path, fingerprint: &str) -> Result<Option<Engine>, CheckpointError> {
+    let shown = path.display().to_string();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(CheckpointError::Read { path: shown, error }),
+    };
+    let checkpoint: Checkpoint =
+        serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Format {
+            path: shown.clone(),
+            detail: e.to_string(),
+        })?;
+    if checkpoint.version != CHECKPOINT_VERSION {
+        return Err(CheckpointError::Version {
+            path: shown,
+            found: checkpoint.version,
+        });
+    }
+    if checkpoint.job != fingerprint {
+        return Err(CheckpointError::OtherJob {
+            path: shown,
+            found: checkpoint.job,
+            expected: fingerprint.to_string(),
+        });
+    }
+    Ok(Some(checkpoint.engine))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DenseModel, EngineConfig, JobSpec};
+
+    fn engine() -> Engine {
+        Engine::new(JobSpec {
+            seed: 7,
+            config: EngineConfig::default(),
+            dense: DenseModel::Train,
+            eval_samples: 100,
+            eval_shards: 4,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn checkpoint_round_trips_the_engine_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        let mut e = engine();
+        let asked = e.ask();
+        write(&path, &encode("job-a", &e).unwrap()).unwrap();
+        let back = read(&path, "job-a").unwrap().unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.outstanding(), asked);
+    }
+
+    #[test]
+    fn absent_checkpoint_is_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read(&path_in(dir.path()), "job-a").unwrap().is_none());
+    }
+
+    #[test]
+    fn checkpoint_of_another_job_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        write(&path, &encode("job-a", &engine()).unwrap()).unwrap();
+        let err = read(&path, "job-b").unwrap_err().to_string();
+        assert!(err.contains("another job"), "{err}");
+    }
+
+    #[test]
+    fn rewrite_replaces_the_whole_file_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        write(&path, &encode("job-a", &engine()).unwrap()).unwrap();
+        let mut e = engine();
+        e.ask();
+        write(&path, &encode("job-a", &e).unwrap()).unwrap();
+        assert_eq!(read(&path, "job-a").unwrap().unwrap(), e);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![CHECKPOINT_FILE.to_string()]);
+    }
+
+    #[test]
+    fn truncated_checkpoint_is_a_format_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        let bytes = encode("job-a", &engine()).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let err = read(&path, "job-a").unwrap_err().to_string();
+        assert!(err.contains("checkpoint.json"), "{err}");
+    }
+}

@@ -1,0 +1,539 @@
+//! [`Job`]: the state a master serves, the engine plus everything around it: the lease table, the
+//! registered workers, the artifact store, and the signals the services wait on.
+//!
+//! All mutable state sits behind one `std::sync::Mutex` that is held only for bookkeeping (never
+//! across an await or I/O): a result costs a map lookup, the engine's fold, and a few counters.
+//! Checkpoint bytes are produced under the lock only when the state changed, and written outside
+//! it by the checkpointer (see `server`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ccsrp_proto::v1::{self, LeaseState};
+use tokio::sync::{broadcast, watch, Notify};
+use tonic::Status;
+
+use crate::artifact_store::ArtifactStore;
+use crate::job_config::JobConfig;
+use crate::lease::{LeaseTable, Stale};
+use crate::outcome::NetworkRecord;
+use crate::{wire, Engine, Phase, Told};
+
+/// Shards a worker is remembered to hold (most recent first), for lease affinity.
+const AFFINITY_SHARDS: usize = 4;
+
+/// Most tasks one lease call may take.
+pub const MAX_TASKS_PER_LEASE: u32 = 64;
+
+/// What the worker-facing settings of the job are (sent on registration).
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub name: String,
+    pub backend: &'static str,
+    pub dataset: v1::DatasetSpec,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    pub max_artifact_bytes: u64,
+    /// Fingerprint of the job file (checkpoints are tied to it).
+    pub fingerprint: String,
+}
+
+impl JobSettings {
+    /// The settings of `config`.
+    pub fn of(config: &JobConfig) -> JobSettings {
+        let d = &config.data;
+        JobSettings {
+            name: config.job.name.clone(),
+            backend: config.job.backend.as_str(),
+            dataset: v1::DatasetSpec {
+                kind: d.kind.clone(),
+                data_dir: d.data_dir.clone(),
+                eval_size: d.eval_size,
+                eval_shards: d.eval_shards,
+                train_limit: d.train_limit,
+                test_limit: d.test_limit,
+                seed: config.job.seed,
+            },
+            lease: config.runtime.lease(),
+            heartbeat: config.runtime.heartbeat(),
+            max_artifact_bytes: config.runtime.max_artifact_bytes(),
+            fingerprint: config.fingerprint(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WorkerInfo {
+    last_seen: Instant,
+    recent_shards: VecDeque<u32>,
+}
+
+struct State {
+    engine: Engine,
+    leases: LeaseTable,
+    workers: HashMap<Arc<str>, WorkerInfo>,
+    /// Changed since the last checkpoint was encoded.
+    dirty: bool,
+    /// (phase, iteration, generation) at the last event.
+    position: (Phase, u32, u32),
+    /// The dense network's test point, once seen.
+    dense: Option<v1::NetworkPoint>,
+}
+
+/// How a result was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    Accepted,
+    /// Stale result, dropped (logged by the caller with the reason).
+    Dropped(Stale),
+}
+
+/// The answer to a lease call that found no task.
+#[derive(Debug)]
+pub enum Leased {
+    Tasks(Vec<v1::Task>),
+    NoWorkYet,
+    JobDone,
+}
+
+/// A served job.
+pub struct Job {
+    settings: JobSettings,
+    state: Mutex<State>,
+    store: ArtifactStore,
+    /// Woken when tasks become ready (new items, expired leases) or the job ends.
+    work_ready: Notify,
+    /// Bumped on every accepted result, for progress streams.
+    progress: watch::Sender<u64>,
+    /// Notable happenings (phase, generation, iteration changes), for `Events`.
+    events: broadcast::Sender<String>,
+    accepted: AtomicU64,
+    dropped: AtomicU64,
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Pretraining => "training dense",
+        Phase::Adversarial => "adversarial set",
+        Phase::Evolving => "coevolution",
+        Phase::FineTuning => "fine-tuning",
+        Phase::Testing => "testing",
+        Phase::Done => "done",
+    }
+}
+
+fn network_point(r: &NetworkRecord) -> v1::NetworkPoint {
+    let kept: Vec<u32> = r.kept_filters.iter().map(|k| k.len() as u32).collect();
+    v1::NetworkPoint {
+        iteration: r.iteration,
+        test_samples: r.test.samples,
+        clean_correct: r.test.clean,
+        fgsm_correct: r.test.fgsm,
+        pgd_correct: r.test.pgd,
+        macs: r.macs,
+        parameters: ccsrp_proto::cost::parameters(&r.description, &kept).unwrap_or(0),
+        kept,
+        model: r.model.0.clone(),
+    }
+}
+
+/// Milliseconds since the Unix epoch (for event time stamps).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Job {
+    /// A job serving `engine` (fresh or resumed): every outstanding item is queued for leasing.
+    pub fn new(settings: JobSettings, mut engine: Engine, store: ArtifactStore) -> Job {
+        let mut leases = LeaseTable::new(settings.lease);
+        for item in engine.outstanding() {
+            leases.add(item);
+        }
+        for item in engine.ask() {
+            leases.add(item);
+        }
+        let p = engine.progress();
+        let (events, _) = broadcast::channel(256);
+        Job {
+            settings,
+            state: Mutex::new(State {
+                engine,
+                leases,
+                workers: HashMap::new(),
+                dirty: false,
+                position: (p.phase, p.iteration, p.generation),
+                dense: p
+                    .best
+                    .as_ref()
+                    .filter(|b| b.iteration == 0)
+                    .map(network_point),
+            }),
+            store,
+            work_ready: Notify::new(),
+            progress: watch::channel(0).0,
+            events,
+            accepted: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn settings(&self) -> &JobSettings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &ArtifactStore {
+        &self.store
+    }
+
+    /// Handles a registration: checks protocol version, backend and worker id.
+    pub fn register(&self, req: &v1::RegisterRequest) -> Result<v1::RegisterReply, Status> {
+        if req.protocol_version != ccsrp_proto::PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol_version {}: this master speaks ccsrp.v1 protocol version {}",
+                req.protocol_version,
+                ccsrp_proto::PROTOCOL_VERSION
+            )));
+        }
+        if req.backend != self.settings.backend {
+            return Err(Status::failed_precondition(format!(
+                "backend {:?}: this job is pinned to backend {:?} (results must not depend on the worker)",
+                req.backend, self.settings.backend
+            )));
+        }
+        let worker = parse_worker_id(&req.worker_id)?;
+        self.lock().workers.insert(
+            worker,
+            WorkerInfo {
+                last_seen: Instant::now(),
+                recent_shards: VecDeque::new(),
+            },
+        );
+        tracing::info!(worker_id = %req.worker_id, device = %req.device, threads = req.threads, "worker registered");
+        Ok(v1::RegisterReply {
+            protocol_version: ccsrp_proto::PROTOCOL_VERSION,
+            job_name: self.settings.name.clone(),
+            backend: self.settings.backend.to_string(),
+            dataset: Some(self.settings.dataset.clone()),
+            lease_ms: self.settings.lease.as_millis() as u64,
+            heartbeat_ms: self.settings.heartbeat.as_millis() as u64,
+        })
+    }
+
+    /// Leases up to `max_tasks` tasks to a registered worker without waiting.
+    pub fn try_lease(&self, worker_id: &str, max_tasks: u32) -> Result<Leased, Status> {
+        let now = Instant::now();
+        let max = max_tasks.clamp(1, MAX_TASKS_PER_LEASE) as usize;
+        let lease_ms = self.settings.lease.as_millis() as u64;
+        let mut st = self.lock();
+        let st = &mut *st;
+        if st.engine.is_done() {
+            return Ok(Leased::JobDone);
+        }
+        let Some(worker) = st.workers.get_key_value(worker_id).map(|(k, _)| k.clone()) else {
+            return Err(not_registered(worker_id));
+        };
+        let Some(info) = st.workers.get_mut(worker_id) else {
+            return Err(not_registered(worker_id));
+        };
+        info.last_seen = now;
+        let affinity: Vec<u32> = info.recent_shards.iter().copied().collect();
+        let grants = st.leases.lease(&worker, max, &affinity, now);
+        if grants.is_empty() {
+            return Ok(Leased::NoWorkYet);
+        }
+        let mut tasks = Vec::with_capacity(grants.len());
+        for g in &grants {
+            if let Some(shard) = crate::lease::shard_of(&g.item.kind) {
+                if !info.recent_shards.contains(&shard) {
+                    info.recent_shards.push_front(shard);
+                    info.recent_shards.truncate(AFFINITY_SHARDS);
+                }
+            }
+            tasks.push(wire::task(&g.item, g.attempt, lease_ms));
+        }
+        Ok(Leased::Tasks(tasks))
+    }
+
+    /// A future that resolves when tasks may have become ready; create it before [`Job::try_lease`]
+    /// so that no wake-up is missed.
+    pub fn work_ready(&self) -> tokio::sync::futures::Notified<'_> {
+        self.work_ready.notified()
+    }
+
+    /// Folds one result in. Stale results are dropped (Ok(Dropped)); malformed ones are
+    /// INVALID_ARGUMENT, ones naming artifacts the store lacks FAILED_PRECONDITION; neither
+    /// changes the job.
+    pub fn report(&self, worker_id: &str, result: &v1::TaskResult) -> Result<Taken, Status> {
+        if result.worker_id != worker_id {
+            return Err(Status::invalid_argument(format!(
+                "task {}: result names worker {:?}, the stream belongs to {worker_id:?}",
+                result.task_id, result.worker_id
+            )));
+        }
+        let work =
+            wire::work_result(result).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for name in wire::referenced_artifacts(&work.output) {
+            if !self.store.contains(name) {
+                return Err(Status::failed_precondition(format!(
+                    "task {}: artifact {name} is not in the master's store: upload it with PutArtifact before reporting",
+                    result.task_id
+                )));
+            }
+        }
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        match st.workers.get_mut(worker_id) {
+            Some(info) => info.last_seen = now,
+            None => return Err(not_registered(worker_id)),
+        }
+        if let Err(stale) = st.leases.check_result(worker_id, &work.id, result.attempt) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(Taken::Dropped(stale));
+        }
+        let id = work.id.clone();
+        match st.engine.tell(work) {
+            Ok(Told::Accepted) => {}
+            Ok(Told::Duplicate) => {
+                st.leases.complete(&id);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return Ok(Taken::Dropped(Stale::Duplicate));
+            }
+            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+        }
+        st.leases.complete(&id);
+        let new_items = st.engine.ask();
+        let woke = !new_items.is_empty() || st.engine.is_done();
+        for item in new_items {
+            st.leases.add(item);
+        }
+        st.dirty = true;
+        let p = st.engine.progress();
+        let position = (p.phase, p.iteration, p.generation);
+        let moved = position != st.position;
+        st.position = position;
+        if moved && st.dense.is_none() {
+            st.dense = p
+                .best
+                .as_ref()
+                .filter(|b| b.iteration == 0)
+                .map(network_point);
+        }
+        drop(guard);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        if woke {
+            self.work_ready.notify_waiters();
+        }
+        if moved {
+            let msg = if p.phase == Phase::Done {
+                "job done".to_string()
+            } else {
+                format!(
+                    "{}: iteration {} generation {}",
+                    phase_name(p.phase),
+                    p.iteration,
+                    p.generation
+                )
+            };
+            tracing::info!(
+                phase = phase_name(p.phase),
+                iteration = p.iteration,
+                generation = p.generation,
+                "job progressed"
+            );
+            let _ = self.events.send(msg);
+        }
+        self.progress.send_modify(|n| *n += 1);
+        Ok(Taken::Accepted)
+    }
+
+    /// Extends the worker's leases of `task_ids`; returns those it no longer holds.
+    pub fn heartbeat(
+        &self,
+        worker_id: &str,
+        task_ids: &[String],
+    ) -> Result<v1::HeartbeatReply, Status> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let st = &mut *st;
+        match st.workers.get_mut(worker_id) {
+            Some(info) => info.last_seen = now,
+            None => return Err(not_registered(worker_id)),
+        }
+        let lost_task_ids = task_ids
+            .iter()
+            .filter(|id| {
+                !st.leases
+                    .extend(worker_id, &crate::WorkId((*id).clone()), now)
+            })
+            .cloned()
+            .collect();
+        Ok(v1::HeartbeatReply {
+            lost_task_ids,
+            job_done: st.engine.is_done(),
+        })
+    }
+
+    /// Re-queues every expired lease (waking waiting workers) and returns the next deadline.
+    pub fn expire_leases(&self) -> Option<Instant> {
+        let mut st = self.lock();
+        let expired = st.leases.expire(Instant::now());
+        let next = st.leases.next_deadline();
+        drop(st);
+        for (task_id, worker_id) in &expired {
+            tracing::warn!(task_id = %task_id, worker_id = %worker_id, "lease expired: task re-issued");
+        }
+        if !expired.is_empty() {
+            self.work_ready.notify_waiters();
+        }
+        next
+    }
+
+    /// Whether the engine reached its answer.
+    pub fn is_done(&self) -> bool {
+        self.lock().engine.is_done()
+    }
+
+    /// Wakes every long poll (on shutdown).
+    pub fn wake_all(&self) {
+        self.work_ready.notify_waiters();
+    }
+
+    /// A snapshot of the job's progress.
+    pub fn status(&self) -> v1::JobStatus {
+        let now = Instant::now();
+        let st = self.lock();
+        let p = st.engine.progress();
+        let evo = &st.engine.spec().config.evolution;
+        let alive = st
+            .workers
+            .values()
+            .filter(|w| now.duration_since(w.last_seen) <= self.settings.lease)
+            .count();
+        v1::JobStatus {
+            job_name: self.settings.name.clone(),
+            phase: phase_name(p.phase).to_string(),
+            iteration: p.iteration,
+            iterations: evo.iterations,
+            generation: p.generation,
+            generations: evo.generations,
+            tasks_done: p.items_done,
+            tasks_pending: p.items_outstanding,
+            tasks_leased: st.leases.leased() as u64,
+            workers_alive: alive as u32,
+            done: p.phase == Phase::Done,
+            dense: st
+                .engine
+                .outcome()
+                .map(|o| network_point(&o.dense))
+                .or_else(|| st.dense.clone()),
+            best: p.best.as_ref().map(network_point),
+            results_accepted: self.accepted.load(Ordering::Relaxed),
+            results_dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The per-layer first fronts of the current generation.
+    pub fn fronts(&self) -> v1::FrontsReply {
+        let st = self.lock();
+        let fronts = st.engine.fronts();
+        let (iteration, generation) = fronts
+            .first()
+            .map_or((0, 0), |f| (f.iteration, f.generation));
+        v1::FrontsReply {
+            iteration,
+            generation,
+            layers: fronts
+                .into_iter()
+                .map(|f| v1::LayerFront {
+                    layer: f.layer,
+                    points: f
+                        .members
+                        .iter()
+                        .map(|m| v1::FrontPoint {
+                            mask: Some(m.mask.clone()),
+                            clean: m.fitness.clean,
+                            adversarial: m.fitness.adversarial,
+                            samples: m.fitness.samples,
+                            macs: m.fitness.macs,
+                            representative: m.id == f.representative,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Subscribes to progress ticks (one per accepted result) and notable events.
+    pub fn subscribe(&self) -> (watch::Receiver<u64>, broadcast::Receiver<String>) {
+        (self.progress.subscribe(), self.events.subscribe())
+    }
+
+    /// The checkpoint bytes if the state changed since the last call.
+    pub fn checkpoint_if_dirty(
+        &self,
+    ) -> Option<Result<Vec<u8>, crate::checkpoint::CheckpointError>> {
+        let mut st = self.lock();
+        if !st.dirty {
+            return None;
+        }
+        st.dirty = false;
+        Some(crate::checkpoint::encode(
+            &self.settings.fingerprint,
+            &st.engine,
+        ))
+    }
+
+    /// Runs `f` on the engine (for writing results at the end).
+    pub fn with_engine<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
+        f(&self.lock().engine)
+    }
+}
+
+fn not_registered(worker_id: &str) -> Status {
+    Status::failed_precondition(format!(
+        "worker {worker_id:?} is not registered (the master may have restarted): call Register first"
+    ))
+}
+
+/// Checks a worker id is a UUID in its canonical text (lowercase, hyphenated), the form every
+/// later call must repeat byte for byte.
+pub fn parse_worker_id(id: &str) -> Result<Arc<str>, Status> {
+    match uuid::Uuid::parse_str(id) {
+        Ok(u) if u.hyphenated().to_string() == id => Ok(Arc::from(id)),
+        Ok(u) => Err(Status::invalid_argument(format!(
+            "worker_id {id:?}: expected the canonical lowercase hyphenated UUID text ({})",
+            u.hyphenated()
+        ))),
+        Err(e) => Err(Status::invalid_argument(format!(
+            "worker_id {:?}: expected a UUID: {e}",
+            id.chars().take(80).collect::<String>()
+        ))),
+    }
+}
+
+/// Turns a lease answer into the wire reply.
+pub fn lease_reply(leased: Leased) -> v1::LeaseReply {
+    match leased {
+        Leased::Tasks(tasks) => v1::LeaseReply {
+            state: LeaseState::Tasks as i32,
+            tasks,
+        },
+        Leased::NoWorkYet => v1::LeaseReply {
+            state: LeaseState::NoWorkYet as i32,
+            tasks: vec![],
+        },
+        Leased::JobDone => v1::LeaseReply {
+            state: LeaseState::JobDone as i32,
+            tasks: vec![],
+        },
+    }
+}

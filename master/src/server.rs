@@ -1,0 +1,311 @@
+//! [`serve`]: runs one job's master on a listener until the job is done (plus a linger for workers
+//! to learn it) or shutdown is requested, then writes the final checkpoint and the results.
+//!
+//! Startup: open the artifact store, resume the engine from the state dir's checkpoint when there is
+//! one (else start it, importing the dense model file into the store), then serve
+//! Coordinator, Artifacts, Progress (all behind the token check), health and reflection (v1 and
+//! v1alpha). Two background tasks run beside the server: the checkpointer (at most one write per
+//! `runtime.checkpoint_seconds`, only when the state changed) and lease expiry.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccsrp_proto::v1::artifacts_server::ArtifactsServer;
+use ccsrp_proto::v1::coordinator_server::CoordinatorServer;
+use ccsrp_proto::v1::progress_server::ProgressServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::artifact_store::{ArtifactStore, StoreError};
+use crate::auth::{AccessToken, RequireToken};
+use crate::checkpoint::{self, CheckpointError};
+use crate::dense_model::{self, DenseModelError};
+use crate::job::{Job, JobSettings};
+use crate::job_config::JobConfig;
+use crate::results::{self, ResultsError};
+use crate::service::artifacts::ArtifactService;
+use crate::service::coordinator::CoordinatorService;
+use crate::service::progress::ProgressService;
+use crate::shutdown::{self, Shutdown};
+use crate::{DenseModel, Engine, EngineError, JobSpec, Outcome};
+
+/// How to run a master.
+#[derive(Debug, Clone)]
+pub struct MasterOptions {
+    pub config: JobConfig,
+    /// Checkpoint and artifact store live here; an existing checkpoint is resumed.
+    pub state_dir: PathBuf,
+    /// Where results go when the job ends (`<state dir>/results` when absent).
+    pub out_dir: Option<PathBuf>,
+    pub token: AccessToken,
+    /// How long the master keeps serving after the job is done, so workers and watchers learn it.
+    pub linger: Duration,
+}
+
+/// Why a master stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    DenseModel(#[from] DenseModelError),
+    #[error("job: {0}")]
+    Engine(#[from] EngineError),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    #[error("background task failed: {0}")]
+    Task(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error("state dir {path}: {error}")]
+    StateDir { path: String, error: std::io::Error },
+}
+
+/// How a master ended.
+#[derive(Debug)]
+pub struct ServeReport {
+    /// The job's answer, when it finished (None when stopped by shutdown first).
+    pub outcome: Option<Outcome>,
+    /// Where the results were written (when finished).
+    pub out_dir: Option<PathBuf>,
+}
+
+/// Opens the job in `state_dir`: the resumed checkpoint, or a fresh engine.
+pub fn open_job(config: &JobConfig, state_dir: &Path) -> Result<Job, ServeError> {
+    std::fs::create_dir_all(state_dir).map_err(|error| ServeError::StateDir {
+        path: state_dir.display().to_string(),
+        error,
+    })?;
+    let store = ArtifactStore::open(&state_dir.join("artifacts"))?;
+    let settings = JobSettings::of(config);
+    let engine = match checkpoint::read(&checkpoint::path_in(state_dir), &settings.fingerprint)? {
+        Some(engine) => {
+            let p = engine.progress();
+            tracing::info!(
+                iteration = p.iteration,
+                generation = p.generation,
+                done = p.items_done,
+                "resumed from checkpoint"
+            );
+            engine
+        }
+        None => {
+            let dense = match &config.model.path {
+                Some(path) => {
+                    let description = dense_model::read_description(path)?;
+                    let model = store.import(path)?;
+                    DenseModel::Given {
+                        model: crate::ModelRef(model),
+                        description,
+                    }
+                }
+                None => DenseModel::Train,
+            };
+            Engine::new(JobSpec {
+                seed: config.job.seed,
+                config: config.engine_config(),
+                dense,
+                eval_samples: u64::from(config.data.eval_size),
+                eval_shards: config.data.eval_shards,
+            })?
+        }
+    };
+    Ok(Job::new(settings, engine, store))
+}
+
+/// Serves the job on `listener` until it is done (plus `linger`) or `shutdown` fires.
+pub async fn serve(
+    options: MasterOptions,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<ServeReport, ServeError> {
+    let job = Arc::new(open_job(&options.config, &options.state_dir)?);
+    let checkpoint_path = checkpoint::path_in(&options.state_dir);
+    // Internal stop: fired by the outer shutdown or when the job is done and lingered.
+    let (stop, stopped) = shutdown::channel();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    health
+        .set_serving::<ArtifactsServer<ArtifactService>>()
+        .await;
+    health
+        .set_serving::<ProgressServer<ProgressService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ccsrp_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let auth = RequireToken::new(options.token.clone());
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection_v1,
+            auth.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection_v1alpha,
+            auth.clone(),
+        ))
+        .add_service(CoordinatorServer::with_interceptor(
+            CoordinatorService::new(job.clone(), stopped.clone()),
+            auth.clone(),
+        ))
+        .add_service(ArtifactsServer::with_interceptor(
+            ArtifactService::new(job.clone()),
+            auth.clone(),
+        ))
+        .add_service(ProgressServer::with_interceptor(
+            ProgressService::new(job.clone(), stopped.clone()),
+            auth,
+        ));
+
+    let checkpointer = tokio::spawn(run_checkpointer(
+        job.clone(),
+        checkpoint_path.clone(),
+        options.config.runtime.checkpoint_interval(),
+        stopped.clone(),
+    ));
+    let expiry = tokio::spawn(run_expiry(job.clone(), stopped.clone()));
+    let watcher = tokio::spawn(watch_for_end(
+        job.clone(),
+        shutdown,
+        stop.clone(),
+        options.linger,
+    ));
+
+    let local = listener.local_addr().ok();
+    tracing::info!(listen = ?local, job = %job.settings().name, "master serving");
+    let mut graceful = stopped.clone();
+    let mut hard = stopped.clone();
+    let server = router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            graceful.wait().await
+        });
+    tokio::select! {
+        r = server => r?,
+        _ = async {
+            hard.wait().await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        } => tracing::warn!("connections still open 3 s after shutdown: closing them"),
+    }
+    stop.trigger();
+    job.wake_all();
+    health
+        .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let _ = checkpointer.await;
+    let _ = expiry.await;
+    watcher.abort();
+
+    let bytes = job.with_engine(|e| checkpoint::encode(&job.settings().fingerprint, e))?;
+    let path = checkpoint_path.clone();
+    tokio::task::spawn_blocking(move || checkpoint::write(&path, &bytes))
+        .await
+        .map_err(|e| ServeError::Task(format!("checkpoint: {e}")))??;
+
+    let outcome = job.with_engine(|e| e.outcome().cloned());
+    let mut out_dir = None;
+    if outcome.is_some() {
+        let dir = options
+            .out_dir
+            .clone()
+            .unwrap_or_else(|| options.state_dir.join("results"));
+        let job2 = job.clone();
+        let dir2 = dir.clone();
+        tokio::task::spawn_blocking(move || results::write(&job2, &dir2, &checkpoint_path))
+            .await
+            .map_err(|e| ServeError::Task(format!("results: {e}")))??;
+        tracing::info!(out_dir = %dir.display(), "results written");
+        out_dir = Some(dir);
+    }
+    Ok(ServeReport { outcome, out_dir })
+}
+
+/// Fires `stop` on the outer shutdown, or once the job is done and `linger` passed.
+async fn watch_for_end(
+    job: Arc<Job>,
+    mut shutdown: Shutdown,
+    stop: shutdown::ShutdownTrigger,
+    linger: Duration,
+) {
+    let (mut ticks, _) = job.subscribe();
+    loop {
+        if job.is_done() {
+            tracing::info!(linger_s = linger.as_secs_f64(), "job done");
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {}
+                _ = shutdown.wait() => {}
+            }
+            break;
+        }
+        tokio::select! {
+            changed = ticks.changed() => if changed.is_err() { break },
+            _ = shutdown.wait() => break,
+        }
+    }
+    stop.trigger();
+}
+
+/// Writes the checkpoint at most once per `interval`, when the state changed.
+async fn run_checkpointer(job: Arc<Job>, path: PathBuf, interval: Duration, mut stop: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait() => return,
+        }
+        let Some(encoded) = job.checkpoint_if_dirty() else {
+            continue;
+        };
+        let path = path.clone();
+        let written = match encoded {
+            Ok(bytes) => tokio::task::spawn_blocking(move || checkpoint::write(&path, &bytes))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(CheckpointError::Format {
+                        path: checkpoint::CHECKPOINT_FILE.into(),
+                        detail: e.to_string(),
+                    })
+                }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::error!(error = %e, "checkpoint not written (will retry)");
+        }
+    }
+}
+
+/// Re-queues expired leases as their deadlines pass.
+async fn run_expiry(job: Arc<Job>, mut stop: Shutdown) {
+    const MAX_SLEEP: Duration = Duration::from_millis(500);
+    loop {
+        let next = job.expire_leases();
+        let now = std::time::Instant::now();
+        let sleep = next
+            .map(|d| d.saturating_duration_since(now))
+            .unwrap_or(MAX_SLEEP)
+            .clamp(Duration::from_millis(5), MAX_SLEEP);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = stop.wait() => return,
+        }
+    }
+}
