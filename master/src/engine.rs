@@ -388,7 +388,11 @@ impl Engine {
         };
         let at_most = |field: &str, v: u64, samples: u64| {
             if v > samples {
-                Err(invalid(field, v.to_string(), format!("<= samples ({samples})")))
+                Err(invalid(
+                    field,
+                    v.to_string(),
+                    format!("<= samples ({samples})"),
+                ))
             } else {
                 Ok(())
             }
@@ -396,9 +400,8 @@ impl Engine {
         match (&item.kind, output) {
             (WorkKind::TrainDense { .. }, WorkOutput::Trained { model, description }) => {
                 non_empty("model", &model.0)?;
-                splice::validate_description(description).map_err(|e| {
-                    invalid(&format!("description.{}", e.field), e.value, e.expected)
-                })
+                splice::validate_description(description)
+                    .map_err(|e| invalid(&format!("description.{}", e.field), e.value, e.expected))
             }
             (WorkKind::EvaluateTest { .. }, WorkOutput::TestMetrics(m)) => {
                 if m.samples == 0 {
@@ -428,9 +431,7 @@ impl Engine {
                     shard, candidates, ..
                 },
                 WorkOutput::CandidateCounts { counts },
-            ) => {
-                self.check_counts(id, *shard, candidates, counts)
-            }
+            ) => self.check_counts(id, *shard, candidates, counts),
             (WorkKind::FineTune { .. }, WorkOutput::FineTuned { model }) => {
                 non_empty("model", &model.0)
             }
@@ -547,7 +548,12 @@ impl Engine {
             return;
         };
         let cfg = &self.spec.config;
-        let filters: Vec<u32> = network.description.layers.iter().map(|l| l.filters).collect();
+        let filters: Vec<u32> = network
+            .description
+            .layers
+            .iter()
+            .map(|l| l.filters)
+            .collect();
         let min_keep: Vec<u32> = filters.iter().map(|&f| cfg.min_keep(f)).collect();
         for shard in 0..self.spec.eval_shards {
             let mut r = rng::rng(

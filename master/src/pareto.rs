@@ -52,6 +52,8 @@ pub fn crowding_distance<const M: usize>(points: &[[i128; M]], front: &[usize]) 
     if n <= 2 {
         return vec![f64::INFINITY; n];
     }
+    // `m` selects one objective column across all points, not one point.
+    #[allow(clippy::needless_range_loop)]
     for m in 0..M {
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&k| (points[front[k]][m], k));
@@ -133,6 +135,7 @@ mod tests {
             for front in non_dominated_sort(&p) {
                 let d = crowding_distance(&p, &front);
                 prop_assert_eq!(d.len(), front.len());
+                #[allow(clippy::needless_range_loop)]
                 for m in 0..3 {
                     let lo = front.iter().map(|&i| p[i][m]).min().unwrap();
                     let hi = front.iter().map(|&i| p[i][m]).max().unwrap();

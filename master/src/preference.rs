@@ -38,10 +38,15 @@ pub fn scores(population: &[Fitness], weights: &ObjectivesConfig) -> Vec<f64> {
 
 /// Index (into `population`) of the preferred member among `candidates`: highest score, then fewer
 /// MACs, then the earlier candidate.
-pub fn preferred(population: &[Fitness], candidates: &[usize], weights: &ObjectivesConfig) -> Option<usize> {
+pub fn preferred(
+    population: &[Fitness],
+    candidates: &[usize],
+    weights: &ObjectivesConfig,
+) -> Option<usize> {
     let s = scores(population, weights);
     candidates.iter().copied().reduce(|best, c| {
-        let better = s[c] > s[best] || (s[c] == s[best] && population[c].macs < population[best].macs);
+        let better =
+            s[c] > s[best] || (s[c] == s[best] && population[c].macs < population[best].macs);
         if better {
             c
         } else {
@@ -75,7 +80,10 @@ mod tests {
     #[test]
     fn equal_scores_prefer_fewer_macs_then_earlier() {
         let pop = [f(50, 50, 10), f(50, 50, 10), f(50, 50, 10)];
-        assert_eq!(preferred(&pop, &[2, 1], &ObjectivesConfig::default()), Some(2));
+        assert_eq!(
+            preferred(&pop, &[2, 1], &ObjectivesConfig::default()),
+            Some(2)
+        );
         assert_eq!(preferred(&[], &[], &ObjectivesConfig::default()), None);
     }
 }

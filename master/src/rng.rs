@@ -31,7 +31,9 @@ impl Stream {
     fn words(self) -> [u64; 4] {
         match self {
             Stream::PretrainSeed => [1, 0, 0, 0],
-            Stream::InitialPopulation { iteration, layer } => [2, iteration.into(), layer.into(), 0],
+            Stream::InitialPopulation { iteration, layer } => {
+                [2, iteration.into(), layer.into(), 0]
+            }
             Stream::Offspring {
                 iteration,
                 layer,

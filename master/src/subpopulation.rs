@@ -41,12 +41,19 @@ const DISTINCT_TRIES: usize = 8;
 impl Subpopulation {
     /// The representative member.
     pub fn representative(&self) -> &Member {
-        &self.members[self.representative.min(self.members.len().saturating_sub(1))]
+        &self.members[self
+            .representative
+            .min(self.members.len().saturating_sub(1))]
     }
 
     /// `lambda` offspring masks: a uniformly chosen parent, uniform crossover with a second one
     /// with probability `crossover_rate`, bit-flip mutation, repair to `min_keep`.
-    pub fn offspring<R: Rng>(&self, cfg: &EvolutionConfig, min_keep: u32, rng: &mut R) -> Vec<Mask> {
+    pub fn offspring<R: Rng>(
+        &self,
+        cfg: &EvolutionConfig,
+        min_keep: u32,
+        rng: &mut R,
+    ) -> Vec<Mask> {
         let parents: Vec<Vec<bool>> = self.members.iter().map(|m| m.mask.to_keep()).collect();
         let mut seen: Vec<Vec<bool>> = parents.clone();
         let mut out = Vec::with_capacity(cfg.offspring as usize);
@@ -75,11 +82,16 @@ impl Subpopulation {
     /// (mu + lambda) selection over `pool` (all scored in the same context): NSGA-II on
     /// (clean, robust, -MACs), then the representative is the first-front survivor with the best
     /// preference score over the survivors. Also returns the generation's record for the history.
-    pub fn select(pool: Vec<Member>, mu: usize, weights: &ObjectivesConfig) -> (Subpopulation, LayerGeneration) {
+    pub fn select(
+        pool: Vec<Member>,
+        mu: usize,
+        weights: &ObjectivesConfig,
+    ) -> (Subpopulation, LayerGeneration) {
         let points: Vec<[i128; 3]> = pool.iter().map(|m| m.fitness.objectives()).collect();
         let (chosen, fronts) = pareto::select(&points, mu);
         let members: Vec<Member> = chosen.iter().map(|&i| pool[i].clone()).collect();
-        let survivor_points: Vec<[i128; 3]> = members.iter().map(|m| m.fitness.objectives()).collect();
+        let survivor_points: Vec<[i128; 3]> =
+            members.iter().map(|m| m.fitness.objectives()).collect();
         let first = pareto::non_dominated_sort(&survivor_points)
             .into_iter()
             .next()
@@ -107,7 +119,11 @@ impl Subpopulation {
 
     /// Indices of the members on the first front.
     pub fn first_front(&self) -> Vec<usize> {
-        let points: Vec<[i128; 3]> = self.members.iter().map(|m| m.fitness.objectives()).collect();
+        let points: Vec<[i128; 3]> = self
+            .members
+            .iter()
+            .map(|m| m.fitness.objectives())
+            .collect();
         pareto::non_dominated_sort(&points)
             .into_iter()
             .next()
@@ -124,7 +140,11 @@ pub fn context_digest(context: &[Mask], layer: usize) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     };
     for (j, m) in context.iter().enumerate().filter(|(j, _)| *j != layer) {
-        for b in (j as u32).to_le_bytes().into_iter().chain(m.filters.to_le_bytes()) {
+        for b in (j as u32)
+            .to_le_bytes()
+            .into_iter()
+            .chain(m.filters.to_le_bytes())
+        {
             eat(b);
         }
         for &b in &m.bits {

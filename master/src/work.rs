@@ -33,9 +33,7 @@ impl fmt::Display for WorkId {
 
 /// One evaluation of one layer mask in one generation's context. Numbered in the order the engine
 /// creates them (deterministic), unique over the job.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CandidateId(pub u64);
 
 impl fmt::Display for CandidateId {

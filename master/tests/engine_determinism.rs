@@ -73,8 +73,15 @@ fn arrival_order_does_not_change_the_trajectory() {
 #[test]
 fn shard_count_does_not_change_the_trajectory() {
     let reference = run_in_order(small_config(), 1);
+    assert!(
+        reference.1.answer.macs < reference.1.dense.macs,
+        "the search pruned nothing"
+    );
     for shards in [2, 5, 16] {
-        assert!(run_in_order(small_config(), shards) == reference, "{shards} shards diverged");
+        assert!(
+            run_in_order(small_config(), shards) == reference,
+            "{shards} shards diverged"
+        );
         assert!(run_shuffled(small_config(), shards, u64::from(shards)) == reference);
     }
 }
@@ -90,14 +97,14 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 
     #[test]
-    fn checkpoint_and_restore_at_any_point_gives_the_same_trajectory(stop_at in 0usize..400, shards in 1u32..4) {
+    fn checkpoint_and_restore_at_any_point_gives_the_same_trajectory(every in 1usize..30, shards in 1u32..4) {
         let reference = run_in_order(small_config(), shards);
         let mut engine = Engine::new(spec(9, small_config(), shards, false)).unwrap();
         let mut evaluator = Evaluator::new(Problem::new(3), shards);
         let mut answered = 0usize;
         let mut pending: Vec<WorkItem> = Vec::new();
         while !engine.is_done() {
-            if answered == stop_at {
+            if answered.is_multiple_of(every) {
                 // Checkpoint mid-flight: items handed out but unanswered must survive the restart.
                 let json = serde_json::to_string(&engine).unwrap();
                 let restored: Engine = serde_json::from_str(&json).unwrap();

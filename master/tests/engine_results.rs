@@ -40,7 +40,10 @@ fn malformed_results_are_rejected_without_touching_the_state() {
         id: WorkId("it9.g9.l9.s9".into()),
         output: good.output.clone(),
     };
-    assert!(matches!(engine.tell(unknown), Err(TellError::UnknownItem { .. })));
+    assert!(matches!(
+        engine.tell(unknown),
+        Err(TellError::UnknownItem { .. })
+    ));
 
     let wrong_kind = WorkResult {
         id: item.id.clone(),
@@ -51,13 +54,20 @@ fn malformed_results_are_rejected_without_touching_the_state() {
     let e = engine.tell(wrong_kind).unwrap_err();
     assert_eq!(
         e.to_string(),
-        format!("result for {}: expected a candidate_counts result, got fine_tuned", item.id)
+        format!(
+            "result for {}: expected a candidate_counts result, got fine_tuned",
+            item.id
+        )
     );
 
     let mut missing = good.clone();
     let dropped = counts_of(&mut missing).pop().unwrap().candidate;
     match engine.tell(missing).unwrap_err() {
-        TellError::CandidateSet { missing, unexpected, .. } => {
+        TellError::CandidateSet {
+            missing,
+            unexpected,
+            ..
+        } => {
             assert_eq!(missing, vec![dropped]);
             assert!(unexpected.is_empty());
         }
@@ -66,19 +76,29 @@ fn malformed_results_are_rejected_without_touching_the_state() {
 
     let mut foreign = good.clone();
     counts_of(&mut foreign)[0].candidate = CandidateId(999_999);
-    assert!(matches!(engine.tell(foreign), Err(TellError::CandidateSet { .. })));
+    assert!(matches!(
+        engine.tell(foreign),
+        Err(TellError::CandidateSet { .. })
+    ));
 
     let mut repeated = good.clone();
     let first = counts_of(&mut repeated)[0];
     counts_of(&mut repeated)[1] = first;
-    assert!(matches!(engine.tell(repeated), Err(TellError::CandidateSet { .. })));
+    assert!(matches!(
+        engine.tell(repeated),
+        Err(TellError::CandidateSet { .. })
+    ));
 
     let mut too_many = good.clone();
     let samples = counts_of(&mut too_many)[0].samples;
     counts_of(&mut too_many)[0].clean = samples + 1;
     let e = engine.tell(too_many).unwrap_err();
     assert!(e.to_string().contains(".clean = "), "{e}");
-    assert!(e.to_string().contains(&format!("expected <= samples ({samples})")), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("expected <= samples ({samples})")),
+        "{e}"
+    );
 
     let mut wrong_samples = good.clone();
     counts_of(&mut wrong_samples)[0].samples = samples + 5;
@@ -91,7 +111,10 @@ fn malformed_results_are_rejected_without_touching_the_state() {
 
     let mut conflicting = good;
     counts_of(&mut conflicting)[0].clean ^= 1;
-    assert!(matches!(engine.tell(conflicting), Err(TellError::AlreadyAnswered { .. })));
+    assert!(matches!(
+        engine.tell(conflicting),
+        Err(TellError::AlreadyAnswered { .. })
+    ));
 }
 
 #[test]
@@ -125,7 +148,10 @@ fn bad_jobs_are_refused_with_the_reason() {
         "invalid configuration: evolution.ratio_bound = 0: expected 0 < value <= 1"
     );
     let mut s = spec(1, EngineConfig::default(), 0, false);
-    assert!(matches!(Engine::new(s.clone()), Err(EngineError::Shards { .. })));
+    assert!(matches!(
+        Engine::new(s.clone()),
+        Err(EngineError::Shards { .. })
+    ));
     s.eval_shards = 3000;
     assert_eq!(
         Engine::new(s).unwrap_err().to_string(),
@@ -147,6 +173,14 @@ fn items_are_handed_out_once_and_stay_outstanding_until_answered() {
     let next = engine.ask();
     // Shard 0's adversarial examples unlock generation 0's evaluations on shard 0, one per layer.
     let ids: Vec<String> = next.iter().map(|i| i.id.0.clone()).collect();
-    assert_eq!(ids, vec!["it1.g0.l0.s0", "it1.g0.l1.s0", "it1.g0.l2.s0", "it1.g0.l3.s0"]);
+    assert_eq!(
+        ids,
+        vec![
+            "it1.g0.l0.s0",
+            "it1.g0.l1.s0",
+            "it1.g0.l2.s0",
+            "it1.g0.l3.s0"
+        ]
+    );
     assert_eq!(engine.outstanding().len(), 2 + 4);
 }

@@ -61,7 +61,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// Half of each layer's filters (chosen by `seed`) are high utility (0.5..1.5), the rest
+    /// A third of each layer's filters (chosen by `seed`) are high utility (0.5..1.5), the rest
     /// carry 1/1000 of that.
     pub fn new(seed: u64) -> Problem {
         let utility = WIDTHS
@@ -72,7 +72,7 @@ impl Problem {
                     .map(|f| {
                         let h = splitmix64(seed ^ splitmix64(((l as u64) << 32) | u64::from(f)));
                         let spread = 0.5 + (h >> 11) as f64 / (1u64 << 53) as f64;
-                        if h & 1 == 0 {
+                        if h.is_multiple_of(3) {
                             spread
                         } else {
                             spread / 1000.0
@@ -226,8 +226,9 @@ impl Evaluator {
 
 fn digest(kept: &[Vec<u32>]) -> u64 {
     kept.iter().enumerate().fold(0, |h, (l, k)| {
-        k.iter()
-            .fold(splitmix64(h ^ l as u64), |h, &f| splitmix64(h ^ u64::from(f)))
+        k.iter().fold(splitmix64(h ^ l as u64), |h, &f| {
+            splitmix64(h ^ u64::from(f))
+        })
     })
 }
 
