@@ -705,12 +705,15 @@ impl Engine {
                 cand.tally.record(shard, c.clean, c.adversarial, c.samples);
             }
         }
-        let complete = it
-            .batch
+        // Every shard's item exists once its adversarial shard does; the generation is complete
+        // when all of those items are answered (O(open items), not O(candidates x shards)).
+        let all_shards_built = it.adversarial.iter().all(Option::is_some);
+        let evaluating = self
+            .ledger
+            .open
             .iter()
-            .flatten()
-            .all(|c| c.tally.complete(0).is_some());
-        if complete {
+            .any(|o| matches!(o.item.kind, WorkKind::EvaluateCandidates { .. }));
+        if all_shards_built && !evaluating {
             self.finish_generation();
         }
     }

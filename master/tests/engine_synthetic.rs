@@ -71,6 +71,13 @@ fn engine_prunes_low_utility_filters_within_the_stop_limits() {
         "kept only {high_kept}/{high_total} high-utility filters"
     );
     assert_eq!(engine.progress().phase, Phase::Done);
+    // Ratio bound and non-emptiness held for every candidate the engine ever scored.
+    for c in &engine.history().candidates {
+        assert!(
+            c.mask.kept() >= config.min_keep(c.mask.filters).max(1),
+            "{c:?}"
+        );
+    }
     if let StopReason::LimitExceeded { iteration } = outcome.reason {
         let last = outcome.iterations.last().unwrap();
         assert_eq!(last.network.iteration, iteration);
