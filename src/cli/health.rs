@@ -1,8 +1,25 @@
-//! `ccsrp health` (placeholder until its issue lands).
+//! `ccsrp health`: the standard gRPC health check, for container health checks.
 
 #[derive(clap::Args)]
-pub struct HealthArgs {}
+pub struct HealthArgs {
+    /// The master, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    master: String,
+}
 
-pub fn run(_args: HealthArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`ccsrp health` is not built yet")
+pub fn run(args: HealthArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    match runtime.block_on(ccsrp_master::client::is_serving(&args.master)) {
+        Ok(true) => {
+            println!("SERVING");
+            Ok(())
+        }
+        Ok(false) => anyhow::bail!("master {} is not serving", args.master),
+        Err(status) => anyhow::bail!(
+            "health check of {} failed: {} ({:?})",
+            args.master,
+            status.message(),
+            status.code()
+        ),
+    }
 }

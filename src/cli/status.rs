@@ -1,8 +1,105 @@
-//! `ccsrp status` (placeholder until its issue lands).
+//! `ccsrp status`: one snapshot of a running job, for people or (with `--json`) for scripts.
+
+use std::path::PathBuf;
+
+use ccsrp_proto::v1::{JobStatus, NetworkPoint, StatusRequest};
 
 #[derive(clap::Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// The master, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    master: String,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// File holding the job's token [default: $CCSRP_TOKEN, else none].
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
 
-pub fn run(_args: StatusArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`ccsrp status` is not built yet")
+/// The token for client commands: from `--token-file`, else `$CCSRP_TOKEN`.
+pub fn client_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let token = ccsrp_master::auth::AccessToken::load(file)?;
+    Ok(token.secret().map(str::to_string))
+}
+
+fn percent(count: u64, samples: u64) -> f64 {
+    if samples == 0 {
+        0.0
+    } else {
+        100.0 * count as f64 / samples as f64
+    }
+}
+
+fn network_line(label: &str, p: &NetworkPoint, dense_macs: Option<u64>) -> String {
+    let macs = match dense_macs {
+        Some(d) if d > 0 => format!(
+            "{:.3e} ({:.1}% of dense)",
+            p.macs as f64,
+            100.0 * p.macs as f64 / d as f64
+        ),
+        _ => format!("{:.3e}", p.macs as f64),
+    };
+    format!(
+        "{label}: iteration {}  clean {:.2}%  FGSM {:.2}%  PGD {:.2}%  MACs {macs}  filters {:?}",
+        p.iteration,
+        percent(p.clean_correct, p.test_samples),
+        percent(p.fgsm_correct, p.test_samples),
+        percent(p.pgd_correct, p.test_samples),
+        p.kept
+    )
+}
+
+/// The people's form of a status.
+pub fn summary(s: &JobStatus) -> String {
+    let mut out = format!(
+        "job {}: {}{}, iteration {}/{}, generation {}/{}\n\
+         tasks: {} done, {} pending ({} leased); workers alive: {}; results accepted {}, dropped {}\n",
+        s.job_name,
+        s.phase,
+        if s.done { " (finished)" } else { "" },
+        s.iteration,
+        s.iterations,
+        s.generation,
+        s.generations,
+        s.tasks_done,
+        s.tasks_pending,
+        s.tasks_leased,
+        s.workers_alive,
+        s.results_accepted,
+        s.results_dropped
+    );
+    let dense_macs = s.dense.as_ref().map(|d| d.macs);
+    if let Some(d) = &s.dense {
+        out += &network_line("dense", d, None);
+        out.push('\n');
+    }
+    match &s.best {
+        Some(b) => out += &network_line("best ", b, dense_macs),
+        None => out += "best : none yet",
+    }
+    out
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let token = client_token(args.token_file.as_deref())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let status = runtime.block_on(async {
+        let mut client = ccsrp_master::client::progress(&args.master, token.as_deref()).await?;
+        let status = client.status(StatusRequest {}).await.map_err(|s| {
+            anyhow::anyhow!(
+                "status of {}: {} ({:?})",
+                args.master,
+                s.message(),
+                s.code()
+            )
+        })?;
+        anyhow::Ok(status.into_inner())
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        println!("{}", summary(&status));
+    }
+    Ok(())
 }
