@@ -1,11 +1,29 @@
 //! The ccsrp worker: everything that computes tensors.
+//!
+//! The SNN, bottom up:
+//! - [`lif`]: multi-step LIF neurons (spikingjelly-compatible), differentiable with surrogate
+//!   gradients, plus a fused no-graph path for inference.
+//! - [`arch`]: VGG-style architectures from `"64,M,128,M"` strings and presets, with their geometry.
+//! - [`model`]: [`model::ModelSpec`] and [`model::SnnModel`]: init, training/eval forward passes,
+//!   the model description for the master, MACs and parameters.
+//! - [`model_file`]: safetensors files (PyTorch `state_dict` names, the spec in the metadata).
+//! - [`prune`]: physical structured pruning by per-layer keep-masks.
+//! - [`prefix`]: layer inputs and running from layer l on (the prefix cache).
+//! - [`eval`]: exact correct counts and spike rates on u8 images.
+//! - [`device`]: `cpu` / `cuda:N` parsing, never falling back silently.
+//!
+//! Around it: [`data`] (datasets as u8 images), [`attack`], [`augment`], [`train`].
 
+pub mod arch;
 pub mod attack;
 pub mod augment;
-pub mod arch;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod lif;
 pub mod model;
 pub mod model_file;
+pub mod prefix;
+pub mod prune;
+pub mod runtime;
 pub mod train;

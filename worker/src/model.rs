@@ -453,7 +453,7 @@ impl SnnModel {
 
     /// Batch norm of layer `l` in evaluation form, as `x * scale + shift`. With `track` the scale and
     /// shift carry gradients to the batch-norm weight and bias.
-    fn bn_affine(&self, l: usize, track: bool) -> candle_core::Result<ChannelAffine> {
+    pub(crate) fn bn_affine(&self, l: usize, track: bool) -> candle_core::Result<ChannelAffine> {
         let b = &self.blocks[l];
         let (w, bias) = if track {
             (

@@ -411,7 +411,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("classifier.weight") && err.contains("[3, 54]") && err.contains("[3, 10]"),
+            err.contains("classifier.weight")
+                && err.contains("[3, 216]")
+                && err.contains("[3, 10]"),
             "{err}"
         );
 
