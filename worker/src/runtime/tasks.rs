@@ -26,6 +26,7 @@ use ccsrp_proto::v1::{self, task, task_result, Mask, Task};
 
 use crate::attack::{attack_to_u8, AttackParams};
 use crate::data::{DatasetKind, DatasetSpec, ImageSet, Splits};
+use crate::eval::{count_correct, predictions};
 use crate::model::{images_to_tensor, ModelSpec, SnnModel};
 use crate::train::{train, TrainConfig};
 
@@ -76,7 +77,11 @@ pub struct ArtifactIo {
 }
 
 impl ArtifactIo {
-    pub fn new(client: MasterClient, cache: ArtifactCache, runtime: tokio::runtime::Handle) -> ArtifactIo {
+    pub fn new(
+        client: MasterClient,
+        cache: ArtifactCache,
+        runtime: tokio::runtime::Handle,
+    ) -> ArtifactIo {
         ArtifactIo {
             client,
             cache,
@@ -167,12 +172,20 @@ impl TaskExecutor {
     }
 
     /// Computes `task`'s result.
-    pub fn execute(&mut self, task: &Task, io: &ArtifactIo) -> Result<task_result::Outcome, TaskError> {
+    pub fn execute(
+        &mut self,
+        task: &Task,
+        io: &ArtifactIo,
+    ) -> Result<task_result::Outcome, TaskError> {
         let malformed = |reason: &str| TaskError::Malformed {
             task_id: task.task_id.clone(),
             reason: reason.to_string(),
         };
-        match task.kind.as_ref().ok_or_else(|| malformed("no task kind"))? {
+        match task
+            .kind
+            .as_ref()
+            .ok_or_else(|| malformed("no task kind"))?
+        {
             task::Kind::TrainDense(t) => self.train_dense(t, io),
             task::Kind::EvaluateTest(t) => self.evaluate_test(t, io),
             task::Kind::BuildAdversarialShard(t) => self.build_adversarial_shard(t, io),
@@ -235,7 +248,11 @@ impl TaskExecutor {
         io.upload(&bytes)
     }
 
-    fn train_dense(&mut self, t: &v1::TrainDenseTask, io: &ArtifactIo) -> Result<task_result::Outcome, TaskError> {
+    fn train_dense(
+        &mut self,
+        t: &v1::TrainDenseTask,
+        io: &ArtifactIo,
+    ) -> Result<task_result::Outcome, TaskError> {
         let splits = self.splits()?;
         let pretrain: PretrainRecord = parse_params(t.params.as_ref())?;
         let architecture = pretrain
@@ -256,7 +273,8 @@ impl TaskExecutor {
         spec.normalisation = crate::model::Normalisation::from_images(train_set);
         let mut model = SnnModel::new(spec, &self.device, t.seed)?;
         let config = train_config(t.params.as_ref(), t.seed)?;
-        train(&mut model, train_set, &config, &mut |_| {}).map_err(|e| TaskError::Train(e.to_string()))?;
+        train(&mut model, train_set, &config, &mut |_| {})
+            .map_err(|e| TaskError::Train(e.to_string()))?;
         let sha256 = self.upload_model(&model, io)?;
         Ok(task_result::Outcome::Trained(v1::TrainedResult {
             model: sha256,
@@ -264,17 +282,28 @@ impl TaskExecutor {
         }))
     }
 
-    fn fine_tune(&mut self, t: &v1::FineTuneTask, io: &ArtifactIo) -> Result<task_result::Outcome, TaskError> {
+    fn fine_tune(
+        &mut self,
+        t: &v1::FineTuneTask,
+        io: &ArtifactIo,
+    ) -> Result<task_result::Outcome, TaskError> {
         let splits = self.splits()?;
         let model = self.model(&t.model, io)?;
         let mut pruned = model.prune(&t.masks)?;
         let config = train_config(t.params.as_ref(), t.seed)?;
-        train(&mut pruned, &splits.train, &config, &mut |_| {}).map_err(|e| TaskError::Train(e.to_string()))?;
+        train(&mut pruned, &splits.train, &config, &mut |_| {})
+            .map_err(|e| TaskError::Train(e.to_string()))?;
         let sha256 = self.upload_model(&pruned, io)?;
-        Ok(task_result::Outcome::FineTuned(v1::FineTunedResult { model: sha256 }))
+        Ok(task_result::Outcome::FineTuned(v1::FineTunedResult {
+            model: sha256,
+        }))
     }
 
-    fn evaluate_test(&mut self, t: &v1::EvaluateTestTask, io: &ArtifactIo) -> Result<task_result::Outcome, TaskError> {
+    fn evaluate_test(
+        &mut self,
+        t: &v1::EvaluateTestTask,
+        io: &ArtifactIo,
+    ) -> Result<task_result::Outcome, TaskError> {
         let splits = self.splits()?;
         let model = self.model(&t.model, io)?;
         let attack = t.attack.as_ref().ok_or_else(|| TaskError::Malformed {
@@ -282,7 +311,7 @@ impl TaskExecutor {
             reason: "no attack settings".into(),
         })?;
         let test = &splits.test;
-        let clean = correct(&model, test, &self.device)?;
+        let clean = count_correct(&model, test, BATCH)?;
         let seed = seed_from_name(&t.model);
         let fgsm = AttackParams::fgsm(t.fgsm_eps);
         let fgsm_images = attacked(&model, test, &fgsm, seed, &self.device)?;
@@ -291,8 +320,8 @@ impl TaskExecutor {
         Ok(task_result::Outcome::TestMetrics(v1::TestMetricsResult {
             samples: test.len() as u64,
             clean,
-            fgsm: correct(&model, &fgsm_images, &self.device)?,
-            pgd: correct(&model, &pgd_images, &self.device)?,
+            fgsm: count_correct(&model, &fgsm_images, BATCH)?,
+            pgd: count_correct(&model, &pgd_images, BATCH)?,
         }))
     }
 
@@ -310,13 +339,19 @@ impl TaskExecutor {
         })?;
         let images = attacked(&mutated, &shard, &pgd_params(attack), t.seed, &self.device)?;
         let sha256 = io.upload(&adversarial_shard::encode(&images))?;
-        Ok(task_result::Outcome::AdversarialShard(v1::AdversarialShardResult {
-            artifact: sha256,
-            samples: images.len() as u64,
-        }))
+        Ok(task_result::Outcome::AdversarialShard(
+            v1::AdversarialShardResult {
+                artifact: sha256,
+                samples: images.len() as u64,
+            },
+        ))
     }
 
-    fn adversarial_images(&mut self, sha256: &str, io: &ArtifactIo) -> Result<Arc<ImageSet>, TaskError> {
+    fn adversarial_images(
+        &mut self,
+        sha256: &str,
+        io: &ArtifactIo,
+    ) -> Result<Arc<ImageSet>, TaskError> {
         if let Some((_, set)) = self.adversarial.iter().find(|(k, _)| k == sha256) {
             return Ok(Arc::clone(set));
         }
@@ -326,7 +361,8 @@ impl TaskExecutor {
             adversarial_shard::decode(&bytes, &splits.eval.class_names)
                 .map_err(|e| TaskError::Artifact(format!("{sha256}: {e}")))?,
         );
-        self.adversarial.push((sha256.to_string(), Arc::clone(&set)));
+        self.adversarial
+            .push((sha256.to_string(), Arc::clone(&set)));
         if self.adversarial.len() > 2 * self.eval_shards as usize {
             self.adversarial.remove(0);
         }
@@ -346,9 +382,16 @@ impl TaskExecutor {
         let mut batches = Vec::new();
         let mut bytes = 0usize;
         for start in (0..images.len()).step_by(BATCH) {
-            let pixels = images_to_tensor(images, start..(start + BATCH).min(images.len()), &self.device)?;
-            let inputs = layer_inputs(network, &pixels)?;
-            bytes += inputs.iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum::<usize>();
+            let pixels = images_to_tensor(
+                images,
+                start..(start + BATCH).min(images.len()),
+                &self.device,
+            )?;
+            let inputs = network.layer_inputs(&pixels)?;
+            bytes += inputs
+                .iter()
+                .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+                .sum::<usize>();
             batches.push(inputs);
         }
         let inputs = Arc::new(LayerInputs { batches });
@@ -362,12 +405,18 @@ impl TaskExecutor {
         io: &ArtifactIo,
     ) -> Result<task_result::Outcome, TaskError> {
         let malformed = |reason: String| TaskError::Malformed {
-            task_id: format!("evaluate_candidates {}/{}/{}/{}", t.iteration, t.generation, t.layer, t.shard),
+            task_id: format!(
+                "evaluate_candidates {}/{}/{}/{}",
+                t.iteration, t.generation, t.layer, t.shard
+            ),
             reason,
         };
         let layer = t.layer as usize;
         if layer >= t.context.len() {
-            return Err(malformed(format!("layer {layer} of {} context masks", t.context.len())));
+            return Err(malformed(format!(
+                "layer {layer} of {} context masks",
+                t.context.len()
+            )));
         }
         let clean = self.eval_shard(t.shard)?;
         let adversarial = self.adversarial_images(&t.adversarial, io)?;
@@ -386,24 +435,31 @@ impl TaskExecutor {
             adversarial,
         };
         let clean_inputs = self.layer_inputs(key(None), &network, &clean)?;
-        let adversarial_inputs = self.layer_inputs(key(Some(t.adversarial.clone())), &network, &adversarial)?;
+        let adversarial_inputs =
+            self.layer_inputs(key(Some(t.adversarial.clone())), &network, &adversarial)?;
         let mut counts = Vec::with_capacity(t.candidates.len());
         for candidate in &t.candidates {
-            let mask: &Mask = candidate
-                .mask
-                .as_ref()
-                .ok_or_else(|| malformed(format!("candidate {} has no mask", candidate.candidate_id)))?;
+            let mask: &Mask = candidate.mask.as_ref().ok_or_else(|| {
+                malformed(format!("candidate {} has no mask", candidate.candidate_id))
+            })?;
             let mut masks = t.context.clone();
             masks[layer] = mask.clone();
             let candidate_network = model.prune(&masks)?;
             counts.push(v1::CandidateCount {
                 candidate_id: candidate.candidate_id.clone(),
                 clean: correct_from(&candidate_network, layer, &clean_inputs, &clean.labels)?,
-                adversarial: correct_from(&candidate_network, layer, &adversarial_inputs, &adversarial.labels)?,
+                adversarial: correct_from(
+                    &candidate_network,
+                    layer,
+                    &adversarial_inputs,
+                    &adversarial.labels,
+                )?,
                 samples: clean.len() as u64,
             });
         }
-        Ok(task_result::Outcome::CandidateCounts(v1::CandidateCountsResult { counts }))
+        Ok(task_result::Outcome::CandidateCounts(
+            v1::CandidateCountsResult { counts },
+        ))
     }
 }
 
@@ -421,8 +477,11 @@ struct TrainRecord {
     weight_decay: Option<f64>,
 }
 
-fn parse_params<T: serde::de::DeserializeOwned>(params: Option<&v1::TrainParams>) -> Result<T, TaskError> {
-    let params = params.ok_or_else(|| TaskError::Train("task carries no training parameters".into()))?;
+fn parse_params<T: serde::de::DeserializeOwned>(
+    params: Option<&v1::TrainParams>,
+) -> Result<T, TaskError> {
+    let params =
+        params.ok_or_else(|| TaskError::Train("task carries no training parameters".into()))?;
     serde_json::from_str(&params.params_json)
         .map_err(|e| TaskError::Train(format!("training parameters (params_json): {e}")))
 }
@@ -446,7 +505,9 @@ fn train_config(params: Option<&v1::TrainParams>, seed: u64) -> Result<TrainConf
         config.adversarial_fraction = p.adversarial_fraction;
         config.adversarial = AttackParams::fgsm(p.adversarial_eps);
     }
-    config.validate().map_err(|e| TaskError::Train(e.to_string()))?;
+    config
+        .validate()
+        .map_err(|e| TaskError::Train(e.to_string()))?;
     Ok(config)
 }
 
@@ -484,51 +545,23 @@ fn attacked(
     })
 }
 
-/// Correctly classified images of `images`.
-fn correct(model: &SnnModel, images: &ImageSet, device: &Device) -> Result<u64, TaskError> {
-    let mut total = 0;
-    for start in (0..images.len()).step_by(BATCH) {
-        let range = start..(start + BATCH).min(images.len());
-        let logits = model.forward_eval(&images_to_tensor(images, range.clone(), device)?)?;
-        total += count_correct(&logits, &images.labels[range])?;
-    }
-    Ok(total)
-}
-
-/// The input of every layer of `network` for `pixels`: the normalised image for layer 0, the
-/// (pre-pool) spikes of layer l-1 for layer l, stored as u8 (spikes are 0 or 1: exact, and a
-/// quarter of the f32 size).
-fn layer_inputs(network: &SnnModel, pixels: &Tensor) -> Result<Vec<Tensor>, TaskError> {
-    let layers = network.num_layers();
-    let mut inputs = vec![network.normalised_input(pixels)?];
-    network.run_inference(0, inputs[0].clone(), |l, spikes| {
-        if l + 1 < layers {
-            inputs.push(spikes.to_dtype(candle_core::DType::U8)?);
-        }
-        Ok(())
-    })?;
-    Ok(inputs)
-}
-
 /// Correctly classified images when `network` runs from `layer` on the cached inputs.
-fn correct_from(network: &SnnModel, layer: usize, inputs: &LayerInputs, labels: &[u32]) -> Result<u64, TaskError> {
+fn correct_from(
+    network: &SnnModel,
+    layer: usize,
+    inputs: &LayerInputs,
+    labels: &[u32],
+) -> Result<u64, TaskError> {
     let mut total = 0;
     for (batch, chunk) in inputs.batches.iter().zip(labels.chunks(BATCH)) {
-        let input = if layer == 0 {
-            batch[0].clone()
-        } else {
-            batch[layer].to_dtype(candle_core::DType::F32)?
-        };
-        let logits = network.run_inference(layer, input, |_, _| Ok(()))?;
-        total += count_correct(&logits, chunk)?;
+        let logits = network.forward_from(layer, &batch[layer])?;
+        total += predictions(&logits)?
+            .iter()
+            .zip(chunk)
+            .filter(|(p, l)| p == l)
+            .count() as u64;
     }
     Ok(total)
-}
-
-/// Rows of `logits` whose largest entry (first on ties) is at the label.
-fn count_correct(logits: &Tensor, labels: &[u32]) -> Result<u64, TaskError> {
-    let predicted = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
-    Ok(predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as u64)
 }
 
 #[cfg(test)]
@@ -539,11 +572,5 @@ mod tests {
     fn seed_from_name_reads_the_leading_hex_digits() {
         assert_eq!(seed_from_name("00000000000000ff00"), 255);
         assert_eq!(seed_from_name("zz"), 0);
-    }
-
-    #[test]
-    fn correct_counts_compare_the_argmax_with_the_label() {
-        let logits = Tensor::new(&[[0.1f32, 0.9], [0.8, 0.2], [0.3, 0.7]], &Device::Cpu).unwrap();
-        assert_eq!(count_correct(&logits, &[1, 1, 1]).unwrap(), 2);
     }
 }

@@ -252,7 +252,10 @@ fn is_unregistered(e: &ClientError) -> bool {
         .is_some_and(|s| s.code() == Code::FailedPrecondition && s.message().contains("worker"))
 }
 
-async fn lease(client: &mut MasterClient, options: &WorkerOptions) -> Result<LeaseReply, ClientError> {
+async fn lease(
+    client: &mut MasterClient,
+    options: &WorkerOptions,
+) -> Result<LeaseReply, ClientError> {
     client
         .coordinator
         .lease(LeaseRequest {
@@ -332,9 +335,9 @@ async fn execute(
     );
     let executor = Arc::clone(executor);
     let outcome = tokio::task::spawn_blocking(move || {
-        let mut executor = executor
-            .lock()
-            .map_err(|_| WorkerError::Internal("task executor poisoned by an earlier panic".into()))?;
+        let mut executor = executor.lock().map_err(|_| {
+            WorkerError::Internal("task executor poisoned by an earlier panic".into())
+        })?;
         Ok::<_, WorkerError>(executor.execute(&task, &io))
     })
     .await;
@@ -342,7 +345,11 @@ async fn execute(
     let outcome: Result<task_result::Outcome, _> = match outcome {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(e),
-        Err(join) => return Err(WorkerError::Internal(format!("task {task_id} panicked: {join}"))),
+        Err(join) => {
+            return Err(WorkerError::Internal(format!(
+                "task {task_id} panicked: {join}"
+            )))
+        }
     };
     match outcome {
         Ok(outcome) => {
