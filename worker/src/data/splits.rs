@@ -122,7 +122,16 @@ pub fn load_splits(
         DatasetKind::Svhn => svhn::load_dir(dir)?,
         DatasetKind::Folder => folder::load_train_test(dir)?,
     };
-    cut(pool, test, options)
+    let splits = cut(pool, test, options)?;
+    tracing::info!(
+        dataset = %kind,
+        train = splits.train.len(),
+        eval = splits.eval.len(),
+        test = splits.test.len(),
+        shape = ?(splits.train.channels, splits.train.height, splits.train.width),
+        "dataset loaded"
+    );
+    Ok(splits)
 }
 
 /// Holds eval out of `pool` and applies the limits (the module doc gives the rule).
