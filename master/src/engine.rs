@@ -10,7 +10,12 @@
 //! [`Engine::ask`] hands out the items that became ready; [`Engine::tell`] folds in one result,
 //! in any order. A step advances only when every item it waits for has been answered, and each
 //! random decision draws from its own seeded stream ([`crate::rng`]), so the trajectory is the same
-//! whatever the arrival order, the number of workers or shards, or where a checkpoint was taken.
+//! whatever the arrival order, the number of workers, or where a checkpoint was taken; the engine's
+//! own decisions do not depend on the shard count either (only the workers' adversarial shards do,
+//! each attacking its own random mutation).
+//!
+//! Invariants: every subpopulation is non-empty (mu >= 1), every mask keeps between the ratio
+//! bound and all of its layer's filters, and every open item belongs to the current step.
 //! The whole state is serde-serialisable; nothing random is held outside it.
 
 use std::collections::BTreeMap;
