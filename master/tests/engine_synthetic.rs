@@ -91,3 +91,41 @@ fn engine_prunes_low_utility_filters_within_the_stop_limits() {
         .filter(|r| r.within_limits)
         .all(|r| r.network.iteration <= answer.iteration));
 }
+
+/// Runs the synthetic job with the given stop limits to the end.
+fn run_with_limits(max_clean_drop: f64, max_robust_drop: f64) -> ccsrp_master::Outcome {
+    let mut config = EngineConfig::default();
+    config.stop.max_clean_drop = max_clean_drop;
+    config.stop.max_robust_drop = max_robust_drop;
+    let mut engine = Engine::new(spec(5, config, 2, false)).unwrap();
+    let mut evaluator = Evaluator::new(Problem::new(2), 2);
+    support::run_in_order(&mut engine, &mut evaluator);
+    engine.outcome().expect("done").clone()
+}
+
+#[test]
+fn exceeding_a_limit_stops_and_answers_the_last_network_within_it() {
+    let outcome = run_with_limits(0.1, 2.0);
+    let StopReason::LimitExceeded { iteration } = outcome.reason else {
+        panic!(
+            "expected the clean limit to stop the search: {:?}",
+            outcome.reason
+        );
+    };
+    let last = outcome.iterations.last().unwrap();
+    assert_eq!(last.network.iteration, iteration);
+    assert!(last.network.clean_drop > 0.1 && !last.within_limits);
+    assert_eq!(outcome.answer.iteration, iteration - 1);
+    assert!(outcome.answer.clean_drop <= 0.1);
+    assert!(outcome.iterations[..outcome.iterations.len() - 1]
+        .iter()
+        .all(|r| r.within_limits));
+}
+
+#[test]
+fn a_first_iteration_over_the_limit_answers_the_dense_model() {
+    let outcome = run_with_limits(0.0, 0.0);
+    assert_eq!(outcome.reason, StopReason::LimitExceeded { iteration: 1 });
+    assert_eq!(outcome.answer, outcome.dense);
+    assert_eq!(outcome.macs_reduction(), 0.0);
+}
