@@ -17,6 +17,7 @@
 pub mod arch;
 pub mod attack;
 pub mod augment;
+mod conv;
 pub mod data;
 pub mod device;
 pub mod eval;

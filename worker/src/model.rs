@@ -555,7 +555,7 @@ impl SnnModel {
             } else {
                 Drive::EveryStep
             };
-            let y = x.conv2d(&self.blocks[l].weight.as_tensor().detach(), 1, 1, 1, 1)?;
+            let y = crate::conv::conv3x3(&x, &self.blocks[l].weight.as_tensor().detach())?;
             let s = self
                 .lif
                 .forward_inference(&y, drive, Some(&self.bn_affine(l, false)?))?;
@@ -826,6 +826,48 @@ pub(crate) mod tests {
         let mut spec = tiny_spec("4,M", 2);
         spec.timesteps = 0;
         assert!(SnnModel::new(spec, &Device::Cpu, 0).is_err());
+    }
+
+    /// The DESIGN.md section 7 anchor: `small`, T = 4, 1,000 CIFAR-sized images (PyTorch eager
+    /// 1.52 s, spikingjelly 1.28 s on the 2-core CPU).
+    #[test]
+    #[ignore = "benchmark: cargo test -p ccsrp-worker --lib -- --ignored --nocapture clean_pass_speed"]
+    fn clean_pass_speed_of_small_on_cifar_sized_images() {
+        let mut spec = ModelSpec::new(
+            Architecture::preset("small").unwrap(),
+            4,
+            InputShape {
+                channels: 3,
+                height: 32,
+                width: 32,
+            },
+            (0..10).map(|i| i.to_string()).collect(),
+        );
+        spec.normalisation = Normalisation::identity(3);
+        let m = SnnModel::new(spec, &Device::Cpu, 0).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let batch = 100;
+        let v: Vec<f32> = (0..batch * 3 * 32 * 32)
+            .map(|_| rng.random_range(0.0f32..1.0))
+            .collect();
+        let x = Tensor::from_vec(v, (batch, 3, 32, 32), &Device::Cpu).unwrap();
+        m.forward_eval(&x).unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..10 {
+            m.forward_eval(&x).unwrap();
+        }
+        println!(
+            "forward_eval, 1000 images: {:.3} s",
+            start.elapsed().as_secs_f64()
+        );
+        let start = std::time::Instant::now();
+        for _ in 0..10 {
+            m.forward(&x, false).unwrap();
+        }
+        println!(
+            "forward (graph), 1000 images: {:.3} s",
+            start.elapsed().as_secs_f64()
+        );
     }
 
     #[test]

@@ -1,0 +1,207 @@
+//! The 3x3 same-padding convolution of the VGG layers on the CPU.
+//!
+//! On the CPU, candle's direct convolution is an order of magnitude slower than im2col + one large
+//! matrix multiply (candle's gemm is blocked and multi-threaded), so both passes unroll the
+//! input into columns `[C*9, N*H*W]` and multiply `[out, C*9]` by them; the backward of the unrolling is its adjoint (col2im). Other devices use candle's
+//! `conv2d` (cuDNN/CUDA kernels). Results equal `conv2d` up to float summation order.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+/// `conv2d(x, w, padding 1, stride 1)` for `x` `[N, C, H, W]` and `w` `[out, C, 3, 3]`, no graph.
+pub(crate) fn conv3x3(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (out, cin, kh, kw) = w.dims4()?;
+    if !x.device().is_cpu() || (cin, kh, kw) != (c, 3, 3) {
+        return x.conv2d(w, 1, 1, 1, 1);
+    }
+    let cols = x.contiguous()?.apply_op1_no_bwd(&Im2Col3x3)?;
+    let y = w.reshape((out, c * 9))?.matmul(&cols)?;
+    y.reshape((out, n, h * wd))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((n, out, h, wd))
+}
+
+/// `conv2d(x, w, padding 1, stride 1)` with an autograd graph: im2col (whose backward is col2im)
+/// and a matrix multiply, so backward passes also run on gemm.
+pub(crate) fn conv3x3_graph(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (out, cin, kh, kw) = w.dims4()?;
+    if !x.device().is_cpu() || (cin, kh, kw) != (c, 3, 3) {
+        return x.conv2d(w, 1, 1, 1, 1);
+    }
+    let cols = x.contiguous()?.apply_op1(Im2Col3x3)?;
+    let y = w.reshape((out, c * 9))?.matmul(&cols)?;
+    y.reshape((out, n, h * wd))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((n, out, h, wd))
+}
+
+/// Unrolls `[N, C, H, W]` into `[C*9, N*H*W]`: row `c*9 + ky*3 + kx` holds, for every output pixel,
+/// the input at offset `(ky-1, kx-1)` (zero outside the image).
+struct Im2Col3x3;
+
+impl CustomOp1 for Im2Col3x3 {
+    fn name(&self) -> &'static str {
+        "im2col-3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("im2col expects f32 input");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("im2col expects a contiguous input");
+        };
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let x = &data[start..end];
+        let plane = h * w;
+        let m = n * plane;
+        let mut cols = vec![0f32; c * 9 * m];
+        for ci in 0..c {
+            for ky in 0..3usize {
+                for kx in 0..3usize {
+                    let row = &mut cols[(ci * 9 + ky * 3 + kx) * m..][..m];
+                    for img in 0..n {
+                        let src = &x[(img * c + ci) * plane..][..plane];
+                        let dst = &mut row[img * plane..][..plane];
+                        for y in 0..h {
+                            let sy = y + ky;
+                            if sy < 1 || sy > h {
+                                continue;
+                            }
+                            let src_row = &src[(sy - 1) * w..][..w];
+                            let dst_row = &mut dst[y * w..][..w];
+                            match kx {
+                                0 => dst_row[1..].copy_from_slice(&src_row[..w - 1]),
+                                1 => dst_row.copy_from_slice(src_row),
+                                _ => dst_row[..w - 1].copy_from_slice(&src_row[1..]),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(cols), Shape::from((c * 9, m))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (n, c, h, w) = arg.dims4()?;
+        let grad = grad_res.contiguous()?.apply_op1_no_bwd(&Col2Im3x3 { n, c, h, w })?;
+        Ok(Some(grad))
+    }
+}
+
+/// The adjoint of [`Im2Col3x3`]: sums every column entry back onto the input pixel it came from.
+struct Col2Im3x3 {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp1 for Col2Im3x3 {
+    fn name(&self) -> &'static str {
+        "col2im-3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("col2im expects f32 input");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("col2im expects a contiguous input");
+        };
+        let Col2Im3x3 { n, c, h, w } = *self;
+        let plane = h * w;
+        let m = n * plane;
+        if end - start != c * 9 * m {
+            candle_core::bail!("col2im: {} values for {c}x9 rows of {m}", end - start);
+        }
+        let cols = &data[start..end];
+        let mut x = vec![0f32; n * c * plane];
+        for ci in 0..c {
+            for ky in 0..3usize {
+                for kx in 0..3usize {
+                    let row = &cols[(ci * 9 + ky * 3 + kx) * m..][..m];
+                    for img in 0..n {
+                        let src = &row[img * plane..][..plane];
+                        let dst = &mut x[(img * c + ci) * plane..][..plane];
+                        for y in 0..h {
+                            let sy = y + ky;
+                            if sy < 1 || sy > h {
+                                continue;
+                            }
+                            let src_row = &src[y * w..][..w];
+                            let dst_row = &mut dst[(sy - 1) * w..][..w];
+                            let (d, s) = match kx {
+                                0 => (&mut dst_row[..w - 1], &src_row[1..]),
+                                1 => (&mut dst_row[..], src_row),
+                                _ => (&mut dst_row[1..], &src_row[..w - 1]),
+                            };
+                            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                        }
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(x), Shape::from((n, c, h, w))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn im2col_convolution_equals_candles_conv2d() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for (n, c, h, w, out) in [(2, 3, 5, 4, 4), (3, 2, 1, 1, 2), (1, 4, 2, 7, 3)] {
+            let xv: Vec<f32> = (0..n * c * h * w)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let wv: Vec<f32> = (0..out * c * 9)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let x = Tensor::from_vec(xv, (n, c, h, w), &Device::Cpu).unwrap();
+            let k = Tensor::from_vec(wv, (out, c, 3, 3), &Device::Cpu).unwrap();
+            let a = conv3x3(&x, &k).unwrap();
+            let b = x.conv2d(&k, 1, 1, 1, 1).unwrap();
+            assert_eq!(a.dims(), b.dims());
+            let d = a.sub(&b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "{n}x{c}x{h}x{w}");
+        }
+    }
+
+    #[test]
+    fn graph_convolution_gradients_equal_candles_conv2d_gradients() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let (n, c, h, w, out) = (2, 3, 5, 4, 4);
+        let xv: Vec<f32> = (0..n * c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let wv: Vec<f32> = (0..out * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let gv: Vec<f32> = (0..n * out * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x = candle_core::Var::from_vec(xv, (n, c, h, w), &Device::Cpu).unwrap();
+        let k = candle_core::Var::from_vec(wv, (out, c, 3, 3), &Device::Cpu).unwrap();
+        let g = Tensor::from_vec(gv, (n, out, h, w), &Device::Cpu).unwrap();
+        let ours = conv3x3_graph(x.as_tensor(), k.as_tensor()).unwrap();
+        let reference = x.as_tensor().conv2d(k.as_tensor(), 1, 1, 1, 1).unwrap();
+        let go = ours.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = reference.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &k] {
+            let d = go.get(v.as_tensor()).unwrap().sub(gr.get(v.as_tensor()).unwrap()).unwrap();
+            let d = d.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "gradient difference {d}");
+        }
+    }
+}
