@@ -1,8 +1,117 @@
-//! `ccsrp info` (placeholder until its issue lands).
+//! `ccsrp info`: what a model file holds: architecture, T, input shape, classes, per-layer filters,
+//! parameters and MACs (the shared formula of ARCHITECTURE.md, from the stored weight shapes, so a
+//! pruned model reports its pruned sizes).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use ccsrp_worker::arch::InputShape;
+use ccsrp_worker::device::parse_device;
+use ccsrp_worker::lif::LifParams;
+use ccsrp_worker::model::{Normalisation, SnnModel};
 
 #[derive(clap::Args)]
-pub struct InfoArgs {}
+pub struct InfoArgs {
+    /// The model file (safetensors written by `ccsrp train` or a pruning run).
+    pub file: PathBuf,
+    /// Print one JSON object instead of a summary for people.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: InfoArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`ccsrp info` is not built yet")
+/// One conv layer as `ccsrp info` reports it.
+#[derive(Serialize)]
+struct LayerInfo {
+    filters: u32,
+    in_channels: u32,
+    kernel: u32,
+    out_height: u32,
+    out_width: u32,
+    pool_after: bool,
+}
+
+/// What `ccsrp info --json` prints.
+#[derive(Serialize)]
+struct InfoReport {
+    file: String,
+    architecture: String,
+    timesteps: usize,
+    input: InputShape,
+    classes: usize,
+    class_names: Vec<String>,
+    layers: Vec<LayerInfo>,
+    parameters: u64,
+    macs: u64,
+    lif: LifParams,
+    normalisation: Normalisation,
+}
+
+pub fn run(args: InfoArgs) -> anyhow::Result<()> {
+    let model = SnnModel::load(&args.file, &parse_device("cpu")?)?;
+    let spec = model.spec();
+    let description = model.description();
+    let layers: Vec<LayerInfo> = description
+        .layers
+        .iter()
+        .map(|l| LayerInfo {
+            filters: l.filters,
+            in_channels: l.in_channels,
+            kernel: l.kernel,
+            out_height: l.out_height,
+            out_width: l.out_width,
+            pool_after: l.pool_after,
+        })
+        .collect();
+    let report = InfoReport {
+        file: args.file.display().to_string(),
+        architecture: spec.architecture.to_string(),
+        timesteps: spec.timesteps,
+        input: spec.input,
+        classes: spec.classes(),
+        class_names: spec.class_names.clone(),
+        layers,
+        parameters: model.parameters(),
+        macs: model.macs(),
+        lif: spec.lif,
+        normalisation: spec.normalisation.clone(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("{}", report.file);
+    println!(
+        "architecture: {} (T = {})",
+        report.architecture, report.timesteps
+    );
+    println!(
+        "input: {}x{}x{}; {} classes: {}",
+        report.input.channels,
+        report.input.height,
+        report.input.width,
+        report.classes,
+        report.class_names.join(", ")
+    );
+    for (i, l) in report.layers.iter().enumerate() {
+        println!(
+            "  layer {i}: {} filters ({}x{} conv on {} channels), output {}x{}{}",
+            l.filters,
+            l.kernel,
+            l.kernel,
+            l.in_channels,
+            l.out_height,
+            l.out_width,
+            if l.pool_after {
+                ", then 2x2 average pool"
+            } else {
+                ""
+            }
+        );
+    }
+    println!(
+        "{} parameters; {} MACs per image over all {} steps",
+        report.parameters, report.macs, report.timesteps
+    );
+    Ok(())
 }

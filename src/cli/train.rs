@@ -1,8 +1,265 @@
-//! `ccsrp train` (placeholder until its issue lands).
+//! `ccsrp train`: train a dense SNN on a dataset, report clean test accuracy, save the model file.
+//!
+//! Progress (loss and accuracy per epoch) goes to stderr: a progress bar on a terminal, one line
+//! per epoch otherwise, nothing with `--json`, which prints one JSON summary object on stdout.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use ccsrp_worker::arch::{Architecture, InputShape};
+use ccsrp_worker::attack::{AttackKind, AttackParams};
+use ccsrp_worker::data::{DatasetKind, DatasetSpec};
+use ccsrp_worker::device::parse_device;
+use ccsrp_worker::eval::{count_correct, DEFAULT_BATCH};
+use ccsrp_worker::model::{ModelSpec, Normalisation, SnnModel};
+use ccsrp_worker::train::{train, TrainConfig, TrainError, TrainProgress};
+
+use super::eval::{flag_error, parse_pixel_value};
 
 #[derive(clap::Args)]
-pub struct TrainArgs {}
+pub struct TrainArgs {
+    /// Dataset: synthetic, fashion-mnist, mnist, cifar10, svhn or folder.
+    #[arg(long, default_value = "synthetic")]
+    pub dataset: DatasetKind,
+    /// Where the dataset's files are (fashion-mnist defaults to /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Architecture: a preset (small, vgg11, tiny) or a list of conv widths and M (pool), e.g. 32,M,64,M.
+    #[arg(long, default_value = "small")]
+    pub arch: String,
+    /// Simulation time steps T.
+    #[arg(long, default_value_t = 4)]
+    pub timesteps: usize,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Peak learning rate (cosine decay to 0 over all steps).
+    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// Adversarial training: none, fgsm or pgd.
+    #[arg(long, default_value = "none")]
+    pub adv: AttackKind,
+    /// Attack radius (L-inf, pixel units): a number or a fraction like 8/255.
+    #[arg(long, default_value = "8/255", value_parser = parse_pixel_value, allow_hyphen_values = true)]
+    pub eps: f64,
+    /// PGD step size (pixel units).
+    #[arg(long, default_value = "2/255", value_parser = parse_pixel_value, allow_hyphen_values = true)]
+    pub step: f64,
+    /// PGD iterations.
+    #[arg(long, default_value_t = 7)]
+    pub steps: usize,
+    /// Fraction of each batch replaced by adversarial images.
+    #[arg(long, default_value_t = 0.5)]
+    pub adv_fraction: f64,
+    /// Train without random crops and flips.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Use at most this many training images (a seeded random subset).
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Evaluate on at most this many test images (a seeded random subset).
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Seed of the weights, the data split, the shuffle, augmentation and attacks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Where to write the trained model (safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print one JSON object instead of a summary for people.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: TrainArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`ccsrp train` is not built yet")
+/// What `ccsrp train --json` prints.
+#[derive(Serialize)]
+struct TrainReport {
+    out: String,
+    dataset: String,
+    architecture: String,
+    timesteps: usize,
+    train_images: usize,
+    test_images: usize,
+    epochs: usize,
+    epoch_losses: Vec<f64>,
+    final_loss: f64,
+    train_accuracy: f64,
+    seconds_per_epoch: f64,
+    test_correct: u64,
+    test_accuracy: f64,
+    parameters: u64,
+    macs: u64,
+    seconds: f64,
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    if args.timesteps == 0 {
+        anyhow::bail!("--timesteps 0: expected at least 1 time step");
+    }
+    let config = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        seed: args.seed,
+        augment: !args.no_augment,
+        adversarial: AttackParams {
+            kind: args.adv,
+            eps: args.eps,
+            step: args.step,
+            steps: args.steps,
+            random_start: true,
+        },
+        adversarial_fraction: args.adv_fraction,
+        ..TrainConfig::default()
+    };
+    if let Err(e) = config.validate() {
+        return Err(flag_error(e));
+    }
+    let architecture = Architecture::from_name_or_list(&args.arch)
+        .with_context(|| format!("--arch {}", args.arch))?;
+    let device = parse_device(&args.device).context("--device")?;
+    let dataset = DatasetSpec {
+        seed: args.seed,
+        train_limit: args.train_limit,
+        test_limit: args.test_limit,
+        ..DatasetSpec::new(args.dataset, args.data_dir.clone())
+    };
+    let splits = dataset
+        .load()
+        .with_context(|| format!("--dataset {}", args.dataset))?;
+    let input = InputShape {
+        channels: splits.train.channels,
+        height: splits.train.height,
+        width: splits.train.width,
+    };
+    let mut spec = ModelSpec::new(
+        architecture,
+        args.timesteps,
+        input,
+        splits.train.class_names.clone(),
+    );
+    spec.normalisation = Normalisation::from_images(&splits.train);
+    let mut model = SnnModel::new(spec, &device, args.seed).with_context(|| {
+        format!(
+            "--arch {} on {}x{}x{} images",
+            args.arch, input.channels, input.height, input.width
+        )
+    })?;
+
+    let bar = progress_bar(
+        args.json,
+        config.epochs * splits.train.len().div_ceil(config.batch_size),
+    );
+    let quiet = args.json;
+    let mut report_progress = |p: &TrainProgress| {
+        bar.inc(1);
+        bar.set_message(format!(
+            "epoch {}/{} loss {:.4} acc {:.2}%",
+            p.epoch,
+            p.epochs,
+            p.loss,
+            100.0 * p.accuracy
+        ));
+        if p.batch == p.batches && !quiet {
+            let line = format!(
+                "epoch {}/{}: loss {:.4}, train accuracy {:.2}%, lr {:.5}, {:.0} s elapsed",
+                p.epoch,
+                p.epochs,
+                p.loss,
+                100.0 * p.accuracy,
+                p.lr,
+                started.elapsed().as_secs_f64()
+            );
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
+    };
+    let summary = match train(&mut model, &splits.train, &config, &mut report_progress) {
+        Ok(summary) => summary,
+        Err(e @ TrainError::InvalidConfig { .. }) => return Err(flag_error(e)),
+        Err(e) => return Err(e.into()),
+    };
+    bar.finish_and_clear();
+
+    let test_correct = count_correct(&model, &splits.test, DEFAULT_BATCH)
+        .context("evaluating on the test split")?;
+    model
+        .save(&args.out)
+        .with_context(|| format!("--out {}", args.out.display()))?;
+    let test_images = splits.test.len();
+    let report = TrainReport {
+        out: args.out.display().to_string(),
+        dataset: args.dataset.to_string(),
+        architecture: model.spec().architecture.to_string(),
+        timesteps: args.timesteps,
+        train_images: splits.train.len(),
+        test_images,
+        epochs: summary.epochs,
+        final_loss: summary.final_loss,
+        epoch_losses: summary.epoch_losses,
+        train_accuracy: summary.train_accuracy,
+        seconds_per_epoch: summary.seconds_per_epoch,
+        test_correct,
+        test_accuracy: test_correct as f64 / test_images.max(1) as f64,
+        parameters: model.parameters(),
+        macs: model.macs(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "trained {} (T={}) on {} ({} images) for {} epochs: final loss {:.4}, train accuracy {:.2}%, {:.1} s/epoch",
+            report.architecture,
+            report.timesteps,
+            report.dataset,
+            report.train_images,
+            report.epochs,
+            report.final_loss,
+            100.0 * report.train_accuracy,
+            report.seconds_per_epoch
+        );
+        println!(
+            "clean test accuracy: {}/{} = {:.2}%",
+            report.test_correct,
+            report.test_images,
+            100.0 * report.test_accuracy
+        );
+        println!(
+            "{} parameters, {} MACs per image; saved to {}",
+            report.parameters, report.macs, report.out
+        );
+    }
+    Ok(())
+}
+
+/// A bar over all training steps on stderr; hidden with `--json` or when stderr is not a terminal.
+fn progress_bar(json: bool, steps: usize) -> ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "[{elapsed_precise}] {bar:30} {pos}/{len} steps, eta {eta}  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
 }

@@ -334,15 +334,15 @@ pub fn adversarial_set(
     })
 }
 
-/// Predictions of `logits` (`[B, classes]`) that equal `labels` (`[B]` u32).
-pub fn count_correct(logits: &Tensor, labels: &Tensor) -> candle_core::Result<u64> {
-    logits
-        .argmax(candle_core::D::Minus1)?
-        .eq(labels)?
-        .to_dtype(DType::U32)?
-        .sum_all()?
-        .to_scalar::<u32>()
-        .map(u64::from)
+/// Rows of `logits` (`[B, classes]`) whose predicted class ([`crate::eval::predictions`]: ties to
+/// the lower index, decided on the host) equals `labels` (`[B]` u32).
+pub(crate) fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<u64, ModelError> {
+    let labels: Vec<u32> = labels.to_vec1()?;
+    Ok(crate::eval::predictions(logits)?
+        .iter()
+        .zip(&labels)
+        .filter(|(p, l)| p == l)
+        .count() as u64)
 }
 
 /// Calls `f(pixels, labels)` for consecutive batches of `range` on the model's device.
