@@ -112,11 +112,21 @@ struct OpenItem {
     handed_out: bool,
 }
 
-/// Bookkeeping of items: open ones in creation order, and every accepted result (for idempotence).
+/// Bookkeeping of items: open ones in creation order, and a digest of every accepted result (for
+/// idempotence; a digest instead of the result keeps checkpoints small over long jobs).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Ledger {
     open: Vec<OpenItem>,
-    answered: BTreeMap<WorkId, WorkOutput>,
+    answered: BTreeMap<WorkId, u64>,
+}
+
+/// FNV-1a over the result's JSON form: deterministic (fixed field order, no hash maps inside), so
+/// a repeated result has the same digest on every run and after a restore.
+fn output_digest(output: &WorkOutput) -> u64 {
+    let bytes = serde_json::to_vec(output).unwrap_or_default();
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl Ledger {
@@ -278,7 +288,7 @@ impl Engine {
     pub fn tell(&mut self, result: WorkResult) -> Result<Told, TellError> {
         let Some(pos) = self.ledger.open.iter().position(|o| o.item.id == result.id) else {
             return match self.ledger.answered.get(&result.id) {
-                Some(previous) if *previous == result.output => Ok(Told::Duplicate),
+                Some(&previous) if previous == output_digest(&result.output) => Ok(Told::Duplicate),
                 Some(_) => Err(TellError::AlreadyAnswered { id: result.id }),
                 None => Err(TellError::UnknownItem { id: result.id }),
             };
@@ -287,7 +297,7 @@ impl Engine {
         let item = self.ledger.open.remove(pos).item;
         self.ledger
             .answered
-            .insert(result.id.clone(), result.output.clone());
+            .insert(result.id.clone(), output_digest(&result.output));
         self.apply(item.kind, result.output);
         Ok(Told::Accepted)
     }
