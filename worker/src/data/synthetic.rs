@@ -3,11 +3,11 @@
 //!
 //! Class = the shape's form: horizontal bar, vertical bar, equals sign, chevron (V), disc, ring,
 //! plus, cross, square, triangle. Every form is symmetric about the vertical axis, so the usual
-//! horizontal-flip augmentation keeps every label true. Everything else is nuisance a classifier must learn to ignore: position, size, a
-//! small rotation, stroke width, random background and foreground colours (with a minimum
-//! contrast), a background gradient, up to two short distractor strokes of random colour, and
-//! per-pixel noise. The intent: a small convolutional SNN
-//! learns it within a few epochs, not in one (the nuisance ranges below are the knobs).
+//! horizontal-flip augmentation keeps every label true. Everything else is nuisance a classifier
+//! must learn to ignore: position, size, a small rotation, stroke width, random background and
+//! foreground colours (with a minimum contrast), a background gradient, up to two short distractor
+//! strokes of random colour, and per-pixel noise. The intent: a small convolutional SNN learns it
+//! within a few epochs, not in one (the nuisance ranges in `draw` are the knobs).
 //!
 //! Determinism: image `i` of a split is drawn from its own ChaCha8 stream
 //! (seed, stream = split tag << 40 | i), so the bytes depend on the seed, the split and the index
