@@ -255,9 +255,7 @@ impl TaskExecutor {
     ) -> Result<task_result::Outcome, TaskError> {
         let splits = self.splits()?;
         let pretrain: PretrainRecord = parse_params(t.params.as_ref())?;
-        let architecture = pretrain
-            .arch
-            .parse()
+        let architecture = crate::arch::Architecture::from_name_or_list(&pretrain.arch)
             .map_err(|e| TaskError::Train(format!("pretrain.arch {:?}: {e}", pretrain.arch)))?;
         let train_set = &splits.train;
         let mut spec = ModelSpec::new(

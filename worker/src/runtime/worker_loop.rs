@@ -74,9 +74,10 @@ fn backend_of(device: &str) -> &str {
 
 /// Whether a failed call means "try again later" rather than "you are not welcome".
 fn is_transient(e: &ClientError) -> bool {
-    match e.status() {
-        None => true,
-        Some(s) => matches!(
+    match e {
+        ClientError::Connect { .. } => true,
+        ClientError::BadUrl { .. } | ClientError::Artifact { .. } => false,
+        ClientError::Rpc { status: s, .. } => matches!(
             s.code(),
             Code::Unavailable
                 | Code::Unknown
@@ -206,13 +207,17 @@ async fn work(options: WorkerOptions) -> Result<(), WorkerError> {
         if let Some(result) = unreported.take() {
             match report(&mut session.client, result.clone()).await {
                 Ok(()) => backoff.succeeded(),
-                Err(e) if is_transient(&e) => {
+                Err(e) if is_transient(&e) || is_unregistered(&e) => {
                     unreported = Some(result);
                     backoff.failed(&options.master, &e).await?;
                     session = connect(&options, &cache, &mut backoff).await?;
                     continue;
                 }
-                Err(e) => return Err(WorkerError::Refused(e)),
+                Err(e) => {
+                    // The master judged the result malformed: it stays unanswered, the lease
+                    // expires and another attempt computes it again.
+                    tracing::error!(worker_id = %options.worker_id, task_id = result.task_id, error = %e, "result refused by the master");
+                }
             }
         }
         let reply = match lease(&mut session.client, &options).await {
