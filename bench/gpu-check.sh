@@ -9,14 +9,14 @@
 #
 # Arguments are passed to the check program (`bench/gpu-check.sh --help` lists them).
 # Environment (optional):
-#   GPU_CHECK_BIN      the check program (default: the one scripts/build-cuda.sh builds)
+#   GPU_CHECK_BIN      the check program (default: target/cuda/dist/gpu_check, from scripts/build-cuda.sh)
 #   GPU_CHECK_OUT      also write the report to this file (default: target/gpu-check/report-<time>.md)
 #   GPU_CHECK_TIMEOUT  seconds before the run is stopped (default 290)
 #   CUDA_LIB_DIRS      colon-separated directories holding the CUDA 13 libraries (skips the search)
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="${GPU_CHECK_BIN:-$ROOT/target/cuda/x86_64-unknown-linux-gnu/release/examples/gpu_check}"
+BIN="${GPU_CHECK_BIN:-$ROOT/target/cuda/dist/gpu_check}"
 OUT_FILE="${GPU_CHECK_OUT:-$ROOT/target/gpu-check/report-$(date -u +%Y%m%dT%H%M%SZ).md}"
 TIMEOUT="${GPU_CHECK_TIMEOUT:-290}"
 

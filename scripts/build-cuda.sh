@@ -18,7 +18,8 @@
 #      glibc binary cannot load them reliably.
 #      It builds the `ccsrp` binary and the GPU check program (worker example `gpu_check`, which
 #      bench/gpu-check.sh runs).
-#   4. Prints the binary's path and size and the shared libraries it needs at run time.
+#   4. Copies both without debug info to $CARGO_TARGET_DIR/dist/{ccsrp,gpu_check} (about 30 MB each)
+#      and prints their sizes and the shared libraries they need at run time.
 #
 # Environment (all optional):
 #   CCSRP_CUDA_HOME    where the toolkit goes            (default: target/cuda-toolkit)
@@ -35,7 +36,7 @@ TOOLKIT_ONLY=0
 for arg in "$@"; do
   case "$arg" in
     --toolkit-only) TOOLKIT_ONLY=1 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "build-cuda.sh: unknown argument '$arg' (expected --toolkit-only or --help)" >&2; exit 2 ;;
   esac
 done
@@ -58,6 +59,7 @@ need() { command -v "$1" >/dev/null 2>&1 || { echo "build-cuda.sh: '$1' not foun
 need cargo "install Rust: https://rustup.rs"
 need gcc "needed to compile the driver-library link stub"
 need unzip "needed to unpack the CUDA wheels (apt-get install unzip)"
+need objcopy "needed to strip debug info from the shipped binaries (apt-get install binutils)"
 PIP=""
 for p in pip3 pip; do command -v "$p" >/dev/null 2>&1 && { PIP="$p"; break; }; done
 [ -n "$PIP" ] || { echo "build-cuda.sh: pip not found (needed to download the CUDA wheels from PyPI; apt-get install python3-pip)" >&2; exit 2; }
@@ -172,16 +174,21 @@ cargo build --release --target "$TARGET_TRIPLE" -p ccsrp-worker --features "$FEA
 end=$(date +%s)
 
 OUT_DIR="$CARGO_TARGET_DIR/$TARGET_TRIPLE/release"
+# The shippable copies: without debug info (the release profile's line tables make the binary ~130 MB).
+DIST="$CARGO_TARGET_DIR/dist"
+mkdir -p "$DIST"
+objcopy --strip-debug "$OUT_DIR/ccsrp" "$DIST/ccsrp"
+objcopy --strip-debug "$OUT_DIR/examples/gpu_check" "$DIST/gpu_check"
 step "built in $((end - start)) s"
-for bin in "$OUT_DIR/ccsrp" "$OUT_DIR/examples/gpu_check"; do
+for bin in "$DIST/ccsrp" "$DIST/gpu_check"; do
   echo "binary: $bin ($(du -h "$bin" | cut -f1))"
   echo "shared libraries it needs at run time (readelf NEEDED):"
   readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/  \1/p'
 done
 cat <<EOF
 
-At run time: libcuda.so.1 comes from the NVIDIA driver (CUDA 13.0 or newer: driver 580+); libcublas.so.13,
-libcublasLt.so.13, libcurand.so.10 (and libcudart.so.13, libnvrtc.so.13 where listed) from a CUDA 13
-install or pip's nvidia-* packages; point LD_LIBRARY_PATH at them if they are not on the default path.
+At run time: libcuda.so.1 comes from the NVIDIA driver (CUDA 13.0 or newer: driver 580+); libcublas.so.13
+(with its libcublasLt.so.13), libcurand.so.10 and libcudart.so.13 from a CUDA 13 install or pip's
+nvidia-* packages; point LD_LIBRARY_PATH at them if they are not on the default path.
 Never put $CUDA_PREFIX/lib/stubs on LD_LIBRARY_PATH. See docs/gpu.md.
 EOF
