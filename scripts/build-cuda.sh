@@ -26,7 +26,6 @@
 #   CCSRP_CUDA_WHEELS  where the wheels are downloaded   (default: $CCSRP_CUDA_HOME.wheels)
 #   CARGO_TARGET_DIR   cargo's output dir                (default: target/cuda)
 #   CUDA_COMPUTE_CAP   GPU compute capability of the kernels (default: 90, Hopper: H100/H200)
-#   WITH_CUDNN=1       also fetch cuDNN 9 and build with candle's `cudnn` feature (conv through cuDNN)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,7 +44,6 @@ TARGET_TRIPLE=x86_64-unknown-linux-gnu
 CUDA_PREFIX="$(realpath -m "${CCSRP_CUDA_HOME:-$ROOT/target/cuda-toolkit}")"
 WHEELDIR="$(realpath -m "${CCSRP_CUDA_WHEELS:-$CUDA_PREFIX.wheels}")"
 export CARGO_TARGET_DIR="$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target/cuda}")"
-WITH_CUDNN="${WITH_CUDNN:-0}"
 
 # Pinned CUDA 13.0 wheels (PyPI). Changing any of these rebuilds the toolkit (see the stamp below).
 WHEELS=(
@@ -53,7 +51,6 @@ WHEELS=(
   nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88
   nvidia-cublas==13.1.0.3 nvidia-curand==10.4.0.35
 )
-CUDNN_WHEEL=nvidia-cudnn-cu13==9.13.0.50
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "build-cuda.sh: '$1' not found on PATH ($2)" >&2; exit 2; }; }
 need cargo "install Rust: https://rustup.rs"
@@ -85,7 +82,7 @@ cudarc_driver_sys() {
   ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs 2>/dev/null | sort -V | tail -n1
 }
 
-STAMP_TEXT="${WHEELS[*]} cudnn=$WITH_CUDNN"
+STAMP_TEXT="${WHEELS[*]}"
 toolkit_ready() {
   [ -x "$CUDA_PREFIX/bin/nvcc" ] && [ -f "$CUDA_PREFIX/lib/stubs/libcuda.so" ] \
     && [ "$(cat "$CUDA_PREFIX/.ccsrp-stamp" 2>/dev/null)" = "$STAMP_TEXT" ]
@@ -128,17 +125,6 @@ assemble_toolkit() {
     grep -A1 'extern "C" {' "$sys" | grep -oP '^\s*fn \K\w+' | sort -u | sed 's/.*/int &(void){return 999;}/'
   } > "$CUDA_PREFIX/lib/stubs/cuda_stub.c"
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CUDA_PREFIX/lib/stubs/libcuda.so" "$CUDA_PREFIX/lib/stubs/cuda_stub.c"
-  if [ "$WITH_CUDNN" = 1 ]; then
-    step "downloading cuDNN 9 ($CUDNN_WHEEL)"
-    pip_download "$CUDNN_WHEEL"
-    tmp="$(mktemp -d)"
-    unzip -q -o "$(wheel_file "$CUDNN_WHEEL")" 'nvidia/cudnn/*' -d "$tmp"
-    mkdir -p "$CUDA_PREFIX/cudnn/lib" "$CUDA_PREFIX/cudnn/include"
-    cp "$tmp"/nvidia/cudnn/include/*.h "$CUDA_PREFIX/cudnn/include/"
-    cp "$tmp"/nvidia/cudnn/lib/libcudnn.so.9 "$CUDA_PREFIX/cudnn/lib/"
-    ln -sfn libcudnn.so.9 "$CUDA_PREFIX/cudnn/lib/libcudnn.so"
-    rm -rf "$tmp"
-  fi
   echo "$STAMP_TEXT" > "$CUDA_PREFIX/.ccsrp-stamp"
 }
 
@@ -162,10 +148,6 @@ export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:---compress-mode=size}"
 # Dynamic glibc: overrides target.x86_64-unknown-linux-gnu.rustflags (+crt-static) in .cargo/config.toml.
 export RUSTFLAGS="-C target-feature=-crt-static"
 FEATURES=cuda
-if [ "$WITH_CUDNN" = 1 ]; then
-  export CUDNN_LIB="$CUDA_PREFIX/cudnn"
-  FEATURES="cuda cudnn"
-fi
 
 step "cargo build --release --features '$FEATURES' (target dir $CARGO_TARGET_DIR; ~6 minutes from clean on 2 cores)"
 start=$(date +%s)

@@ -102,9 +102,9 @@ impl Default for Options {
 
 /// `None` for `--help`.
 fn parse_options(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, String> {
-    fn number<T: std::str::FromStr>(flag: &str, value: &str, min: T) -> Result<T, String>
+    fn number<T>(flag: &str, value: &str, min: T) -> Result<T, String>
     where
-        T: PartialOrd + std::fmt::Display,
+        T: std::str::FromStr + PartialOrd + std::fmt::Display,
     {
         match value.parse::<T>() {
             Ok(v) if v >= min => Ok(v),
