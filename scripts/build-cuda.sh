@@ -149,7 +149,7 @@ export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:---compress-mode=size}"
 export RUSTFLAGS="-C target-feature=-crt-static"
 FEATURES=cuda
 
-step "cargo build --release --features '$FEATURES' (target dir $CARGO_TARGET_DIR; ~6 minutes from clean on 2 cores)"
+step "cargo build --release --features '$FEATURES' (target dir $CARGO_TARGET_DIR; from clean: 6+ minutes on 2 idle cores)"
 start=$(date +%s)
 cargo build --release --target "$TARGET_TRIPLE" --features "$FEATURES" --bin ccsrp
 cargo build --release --target "$TARGET_TRIPLE" -p ccsrp-worker --features "$FEATURES" --example gpu_check
