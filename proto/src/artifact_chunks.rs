@@ -19,7 +19,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Whether `s` looks like a sha256 name (64 lowercase hex digits); checked before a name is used
 /// as a file name or a map key.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The chunks of `bytes`, in order; the first carries `sha256` and the total size. An empty
@@ -144,7 +146,10 @@ impl Assembler {
 mod tests {
     use super::*;
 
-    fn assemble(chunks: Vec<ArtifactChunk>, limit: u64) -> Result<(String, Vec<u8>), TransferError> {
+    fn assemble(
+        chunks: Vec<ArtifactChunk>,
+        limit: u64,
+    ) -> Result<(String, Vec<u8>), TransferError> {
         let mut a = Assembler::new(limit);
         for c in chunks {
             a.push(c)?;
@@ -154,7 +159,9 @@ mod tests {
 
     #[test]
     fn multi_chunk_artifact_round_trips() {
-        let bytes: Vec<u8> = (0..(2 * CHUNK_BYTES + 17)).map(|i| (i * 7 % 251) as u8).collect();
+        let bytes: Vec<u8> = (0..(2 * CHUNK_BYTES + 17))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
         let sha = sha256_hex(&bytes);
         let cs = chunks(&bytes, &sha);
         assert_eq!(cs.len(), 3);
@@ -202,7 +209,10 @@ mod tests {
         let sha = sha256_hex(&bytes);
         let mut cs = chunks(&bytes, &sha);
         cs.swap(0, 1);
-        assert!(matches!(assemble(cs, u64::MAX), Err(TransferError::BadName(_))));
+        assert!(matches!(
+            assemble(cs, u64::MAX),
+            Err(TransferError::BadName(_))
+        ));
         let mut cs = chunks(&bytes, &sha);
         cs.pop();
         assert!(matches!(

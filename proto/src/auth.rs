@@ -77,7 +77,10 @@ mod tests {
     use tonic::service::Interceptor;
 
     fn sent_with(token: Option<&str>) -> Request<()> {
-        BearerToken::new(token).unwrap().call(Request::new(())).unwrap()
+        BearerToken::new(token)
+            .unwrap()
+            .call(Request::new(()))
+            .unwrap()
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl Mask {
                 got: self.bits.len(),
             });
         }
-        if filters % 8 != 0 {
+        if !filters.is_multiple_of(8) {
             if let Some(last) = self.bits.last() {
                 if last >> (filters % 8) != 0 {
                     return Err(MaskError::Trailing { filters });
