@@ -90,9 +90,16 @@ impl CustomOp1 for Im2Col3x3 {
         Ok((CpuStorage::F32(cols), Shape::from((c * 9, m))))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let (n, c, h, w) = arg.dims4()?;
-        let grad = grad_res.contiguous()?.apply_op1_no_bwd(&Col2Im3x3 { n, c, h, w })?;
+        let grad = grad_res
+            .contiguous()?
+            .apply_op1_no_bwd(&Col2Im3x3 { n, c, h, w })?;
         Ok(Some(grad))
     }
 }
@@ -188,19 +195,41 @@ mod tests {
     fn graph_convolution_gradients_equal_candles_conv2d_gradients() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
         let (n, c, h, w, out) = (2, 3, 5, 4, 4);
-        let xv: Vec<f32> = (0..n * c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let wv: Vec<f32> = (0..out * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let gv: Vec<f32> = (0..n * out * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let xv: Vec<f32> = (0..n * c * h * w)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let wv: Vec<f32> = (0..out * c * 9)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let gv: Vec<f32> = (0..n * out * h * w)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let x = candle_core::Var::from_vec(xv, (n, c, h, w), &Device::Cpu).unwrap();
         let k = candle_core::Var::from_vec(wv, (out, c, 3, 3), &Device::Cpu).unwrap();
         let g = Tensor::from_vec(gv, (n, out, h, w), &Device::Cpu).unwrap();
         let ours = conv3x3_graph(x.as_tensor(), k.as_tensor()).unwrap();
         let reference = x.as_tensor().conv2d(k.as_tensor(), 1, 1, 1, 1).unwrap();
         let go = ours.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = reference.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = reference
+            .mul(&g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for v in [&x, &k] {
-            let d = go.get(v.as_tensor()).unwrap().sub(gr.get(v.as_tensor()).unwrap()).unwrap();
-            let d = d.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = go
+                .get(v.as_tensor())
+                .unwrap()
+                .sub(gr.get(v.as_tensor()).unwrap())
+                .unwrap();
+            let d = d
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d < 1e-5, "gradient difference {d}");
         }
     }

@@ -515,7 +515,7 @@ impl SnnModel {
             } else {
                 Drive::EveryStep
             };
-            let y = x.conv2d(self.blocks[l].weight.as_tensor(), 1, 1, 1, 1)?;
+            let y = crate::conv::conv3x3_graph(&x, self.blocks[l].weight.as_tensor())?;
             let y = if train {
                 self.bn_train(l, &y)?
             } else {
