@@ -427,14 +427,8 @@ fn compose_cluster_finishes_the_job_despite_a_killed_worker() {
     };
     assert_eq!(survivor_exit, "0", "the surviving worker's exit code");
 
-    // The cluster's summary, copied out of the results volume.
     let master = cluster.containers("master");
     assert_eq!(master.len(), 1, "expected one master container: {master:?}");
-    let copied = dir.path().join("cluster-summary.json");
-    ok(docker(&["cp"])
-        .arg(format!("{}:/results/summary.json", master[0]))
-        .arg(&copied));
-
     // The master is PID 1 of its container: SIGTERM (docker stop) must end it promptly, well
     // before the grace period after which docker would SIGKILL it.
     let stop_started = Instant::now();
@@ -456,13 +450,22 @@ fn compose_cluster_finishes_the_job_despite_a_killed_worker() {
         "the master's exit code after SIGTERM"
     );
 
+    // The cluster's summary, copied out of the results volume (the master writes
+    // its results when it stops; `docker cp` reads a stopped container's volumes).
+    let copied = dir.path().join("cluster-summary.json");
+    ok(docker(&["cp"])
+        .arg(format!("{}:/results/summary.json", master[0]))
+        .arg(&copied));
+
     // The embedded run of the same job file.
     let embedded = dir.path().join("embedded");
     ok(Command::new(BIN)
         .args(["run", "--workers", "2", "--config"])
         .arg(&job)
         .arg("--out")
-        .arg(&embedded));
+        .arg(&embedded)
+        .arg("--cache-dir")
+        .arg(dir.path().join("embedded-cache")));
     let read = |p: &Path| -> Value {
         let text =
             std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
