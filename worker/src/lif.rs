@@ -362,7 +362,7 @@ impl Lif {
     fn step_rows_from(&self, rows: usize, drive: Drive) -> candle_core::Result<usize> {
         match drive {
             Drive::Constant => Ok(rows),
-            Drive::EveryStep if rows % self.timesteps == 0 => Ok(rows / self.timesteps),
+            Drive::EveryStep if rows.is_multiple_of(self.timesteps) => Ok(rows / self.timesteps),
             Drive::EveryStep => candle_core::bail!(
                 "LIF input has {rows} rows, not a multiple of T = {}",
                 self.timesteps
@@ -553,7 +553,7 @@ mod tests {
                 let r: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
                 let f: Vec<f32> = fused.flatten_all().unwrap().to_vec1().unwrap();
                 assert_eq!(r, f, "{params:?} {drive:?}");
-                assert!(r.iter().any(|&s| s == 1.0) && r.iter().any(|&s| s == 0.0));
+                assert!(r.contains(&1.0) && r.contains(&0.0));
                 let plain = l.forward_inference(x, drive, None).unwrap();
                 let plain_ref = l.forward(x, drive).unwrap();
                 assert_eq!(

@@ -43,7 +43,7 @@ impl SnnModel {
             (g.filters, g.height, g.width, t)
         };
         let ok = matches!(input.dims(), [rows, c, h, w]
-            if *rows > 0 && rows % expected.3 == 0 && (*c, *h, *w) == (expected.0, expected.1, expected.2));
+            if *rows > 0 && rows.is_multiple_of(expected.3) && (*c, *h, *w) == (expected.0, expected.1, expected.2));
         if !ok {
             return Err(ModelError::Input {
                 what: "layer input shape",
