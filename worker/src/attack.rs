@@ -673,22 +673,22 @@ mod tests {
     #[test]
     fn fgsm_and_pgd_lower_a_trained_snns_accuracy_and_pgd_at_least_as_much() {
         let (model, test) = trained_snn();
-        let eps = 8.0 / 255.0;
+        let eps = 0.1;
         let n = test.len();
-        let fgsm = robust_counts(&model, &test, 0..n, &AttackParams::fgsm(eps), 0, 100).unwrap();
+        let fgsm = robust_counts(&model, &test, 0..n, &AttackParams::fgsm(eps), 0, 50).unwrap();
         let pgd = robust_counts(
             &model,
             &test,
             0..n,
-            &AttackParams::pgd(eps, 2.0 / 255.0, 7),
+            &AttackParams::pgd(eps, 0.025, 7),
             0,
-            100,
+            50,
         )
         .unwrap();
         assert_eq!(fgsm.clean_correct, pgd.clean_correct);
         assert!(
-            fgsm.clean_correct > n as u64 / 4,
-            "the model must learn something: {fgsm:?}"
+            fgsm.clean_correct > n as u64 / 2,
+            "the model must learn the task: {fgsm:?}"
         );
         assert!(fgsm.adversarial_correct < fgsm.clean_correct, "{fgsm:?}");
         assert!(
