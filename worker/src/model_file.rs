@@ -1,7 +1,7 @@
 //! Model files: one safetensors file (or byte buffer) holds a whole [`SnnModel`].
 //!
 //! - Metadata key [`SPEC_METADATA_KEY`] (`"ccsrp.model_spec"`) holds the [`ModelSpec`] as JSON, so
-//!   the file alone rebuilds the model; `"format": "pt"` is also written for Hugging Face tooling.
+//!   the file alone rebuilds the model (the only metadata key, so the bytes are deterministic).
 //! - Tensor names are the PyTorch `state_dict` of the equivalent module
 //!   `features = nn.Sequential(...)` followed by `classifier = nn.Linear(...)`: walking the conv
 //!   layers in order with a running index `i` starting at 0, conv layer l contributes
@@ -99,10 +99,10 @@ impl SnnModel {
             source_name: "<bytes>".into(),
             detail: e.to_string(),
         })?;
-        let metadata = HashMap::from([
-            (SPEC_METADATA_KEY.to_string(), spec),
-            ("format".to_string(), "pt".to_string()),
-        ]);
+        // One key only: safetensors takes the metadata as a HashMap, whose iteration order (and so
+        // the header bytes) would differ between processes with two keys, and a model artifact's
+        // sha256 must be the same whichever worker trained it.
+        let metadata = HashMap::from([(SPEC_METADATA_KEY.to_string(), spec)]);
         safetensors::serialize(tensors, Some(metadata)).map_err(|e| ModelFileError::Format {
             source_name: "<bytes>".into(),
             detail: e.to_string(),
