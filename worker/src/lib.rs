@@ -12,7 +12,8 @@
 //! - [`eval`]: exact correct counts and spike rates on u8 images.
 //! - [`device`]: `cpu` / `cuda:N` parsing, never falling back silently.
 //!
-//! Around it: [`data`] (datasets as u8 images), [`attack`], [`augment`], [`train`].
+//! Around it: [`data`] (datasets as u8 images), [`attack`], [`augment`], [`train`], and
+//! [`runtime`]: the worker loop that pulls tasks from a master and runs them with all of the above.
 
 pub mod arch;
 pub mod attack;
