@@ -416,7 +416,7 @@ fn uniform_noise<R: Rng + ?Sized>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
@@ -610,7 +610,7 @@ mod tests {
     /// A generated 4-class task a `tiny` SNN learns in seconds: 1x16x16 grey noise (0.35..0.65)
     /// with one quadrant brighter by 0.15; the class is the quadrant. The margin is small enough
     /// for an eps-0.1 attack to flip many predictions.
-    fn quadrant_images(count: usize, seed: u64) -> ImageSet {
+    pub(crate) fn quadrant_images(count: usize, seed: u64) -> ImageSet {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut pixels = Vec::with_capacity(count * 256);
         let labels: Vec<u32> = (0..count).map(|i| (i % 4) as u32).collect();
