@@ -40,6 +40,14 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Commands that compute tensors keep freed memory for the next batch; the master (many
+    // threads, small allocations) keeps glibc's per-thread arenas.
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Worker(_) | Command::Train(_) | Command::Eval(_)
+    ) {
+        ccsrp_worker::allocator::keep_freed_memory();
+    }
     let result = match cli.command {
         Command::Run(a) => cli::run::run(a),
         Command::Master(a) => cli::master::run(a),

@@ -24,6 +24,7 @@ fn arg<T: std::str::FromStr>(i: usize, default: T) -> Result<T, String> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ccsrp_worker::allocator::keep_freed_memory();
     let arch: String = arg(1, "small".to_string())?;
     let timesteps: usize = arg(2, 4)?;
     let images: usize = arg(3, 1000)?;

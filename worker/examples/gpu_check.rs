@@ -505,6 +505,7 @@ fn print_row((name, spikingjelly, torch): &(&str, f64, f64), timing: &Timing) {
 }
 
 fn main() -> ExitCode {
+    ccsrp_worker::allocator::keep_freed_memory();
     let options = match parse_options(std::env::args().skip(1)) {
         Ok(Some(o)) => o,
         Ok(None) => {

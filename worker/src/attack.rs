@@ -166,9 +166,10 @@ pub trait PixelClassifier {
 }
 
 impl PixelClassifier for SnnModel {
-    /// The differentiable pass in eval mode: running batch-norm statistics, surrogate gradients.
+    /// The differentiable pass in eval mode: running batch-norm statistics, surrogate gradients,
+    /// weights held constant.
     fn logits(&self, pixels: &Tensor) -> Result<Tensor, AttackError> {
-        Ok(self.forward(pixels, false)?)
+        Ok(self.forward_input_grad(pixels)?)
     }
 }
 

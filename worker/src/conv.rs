@@ -6,6 +6,7 @@
 //! `conv2d` (cuDNN/CUDA kernels). Results equal `conv2d` up to float summation order.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 /// `conv2d(x, w, padding 1, stride 1)` for `x` `[N, C, H, W]` and `w` `[out, C, 3, 3]`, no graph.
 pub(crate) fn conv3x3(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
@@ -63,30 +64,29 @@ impl CustomOp1 for Im2Col3x3 {
         let plane = h * w;
         let m = n * plane;
         let mut cols = vec![0f32; c * 9 * m];
-        for ci in 0..c {
-            for ky in 0..3usize {
-                for kx in 0..3usize {
-                    let row = &mut cols[(ci * 9 + ky * 3 + kx) * m..][..m];
-                    for img in 0..n {
-                        let src = &x[(img * c + ci) * plane..][..plane];
-                        let dst = &mut row[img * plane..][..plane];
-                        for y in 0..h {
-                            let sy = y + ky;
-                            if sy < 1 || sy > h {
-                                continue;
-                            }
-                            let src_row = &src[(sy - 1) * w..][..w];
-                            let dst_row = &mut dst[y * w..][..w];
-                            match kx {
-                                0 => dst_row[1..].copy_from_slice(&src_row[..w - 1]),
-                                1 => dst_row.copy_from_slice(src_row),
-                                _ => dst_row[..w - 1].copy_from_slice(&src_row[1..]),
-                            }
+        // Rows are disjoint: one parallel work item per row.
+        cols.par_chunks_mut(m.max(1))
+            .enumerate()
+            .for_each(|(r, row)| {
+                let (ci, ky, kx) = (r / 9, (r % 9) / 3, r % 3);
+                for img in 0..n {
+                    let src = &x[(img * c + ci) * plane..][..plane];
+                    let dst = &mut row[img * plane..][..plane];
+                    for y in 0..h {
+                        let sy = y + ky;
+                        if sy < 1 || sy > h {
+                            continue;
+                        }
+                        let src_row = &src[(sy - 1) * w..][..w];
+                        let dst_row = &mut dst[y * w..][..w];
+                        match kx {
+                            0 => dst_row[1..].copy_from_slice(&src_row[..w - 1]),
+                            1 => dst_row.copy_from_slice(src_row),
+                            _ => dst_row[..w - 1].copy_from_slice(&src_row[1..]),
                         }
                     }
                 }
-            }
-        }
+            });
         Ok((CpuStorage::F32(cols), Shape::from((c * 9, m))))
     }
 
@@ -136,31 +136,36 @@ impl CustomOp1 for Col2Im3x3 {
         }
         let cols = &data[start..end];
         let mut x = vec![0f32; n * c * plane];
-        for ci in 0..c {
-            for ky in 0..3usize {
-                for kx in 0..3usize {
-                    let row = &cols[(ci * 9 + ky * 3 + kx) * m..][..m];
-                    for img in 0..n {
-                        let src = &row[img * plane..][..plane];
-                        let dst = &mut x[(img * c + ci) * plane..][..plane];
-                        for y in 0..h {
-                            let sy = y + ky;
-                            if sy < 1 || sy > h {
-                                continue;
+        // Images are disjoint: one parallel work item per image (the sum order per pixel is fixed).
+        x.par_chunks_mut((c * plane).max(1))
+            .enumerate()
+            .for_each(|(img, image)| {
+                for ci in 0..c {
+                    for ky in 0..3usize {
+                        for kx in 0..3usize {
+                            let row = &cols[(ci * 9 + ky * 3 + kx) * m..][..m];
+                            {
+                                let src = &row[img * plane..][..plane];
+                                let dst = &mut image[ci * plane..][..plane];
+                                for y in 0..h {
+                                    let sy = y + ky;
+                                    if sy < 1 || sy > h {
+                                        continue;
+                                    }
+                                    let src_row = &src[y * w..][..w];
+                                    let dst_row = &mut dst[(sy - 1) * w..][..w];
+                                    let (d, s) = match kx {
+                                        0 => (&mut dst_row[..w - 1], &src_row[1..]),
+                                        1 => (&mut dst_row[..], src_row),
+                                        _ => (&mut dst_row[1..], &src_row[..w - 1]),
+                                    };
+                                    d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                                }
                             }
-                            let src_row = &src[y * w..][..w];
-                            let dst_row = &mut dst[(sy - 1) * w..][..w];
-                            let (d, s) = match kx {
-                                0 => (&mut dst_row[..w - 1], &src_row[1..]),
-                                1 => (&mut dst_row[..], src_row),
-                                _ => (&mut dst_row[1..], &src_row[..w - 1]),
-                            };
-                            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
                         }
                     }
                 }
-            }
-        }
+            });
         Ok((CpuStorage::F32(x), Shape::from((n, c, h, w))))
     }
 }

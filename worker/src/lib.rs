@@ -15,9 +15,11 @@
 //! Around it: [`data`] (datasets as u8 images), [`attack`], [`augment`], [`train`], and
 //! [`runtime`]: the worker loop that pulls tasks from a master and runs them with all of the above.
 
+pub mod allocator;
 pub mod arch;
 pub mod attack;
 pub mod augment;
+pub mod batch_norm;
 mod conv;
 pub mod data;
 pub mod device;

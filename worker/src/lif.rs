@@ -166,7 +166,56 @@ impl Lif {
     }
 
     /// Differentiable spikes `[T*B, ...]` (f32 0/1) for the current (see [`Drive`]).
+    ///
+    /// On CPU (f32) one fused op: the neuron loop forward, and backpropagation through time in one
+    /// reverse loop (the potentials are recomputed from the current), with exactly the gradient of
+    /// the tensor-op graph. Elsewhere the tensor-op graph itself.
     pub fn forward(&self, current: &Tensor, drive: Drive) -> candle_core::Result<Tensor> {
+        if current.device().is_cpu() && current.dtype() == DType::F32 {
+            let kernel = FusedLif {
+                lif: *self,
+                drive,
+                affine: None,
+            };
+            return current.contiguous()?.apply_op1(kernel);
+        }
+        self.tensor_path(current, drive, true)
+    }
+
+    /// Spikes for `affine.apply(current)`, differentiable w.r.t. `current` only (the affine is a
+    /// constant: batch norm in eval mode under an attack). On CPU one fused op each way.
+    pub fn forward_affine_const(
+        &self,
+        current: &Tensor,
+        drive: Drive,
+        affine: &ChannelAffine,
+    ) -> candle_core::Result<Tensor> {
+        if current.device().is_cpu() && current.dtype() == DType::F32 {
+            let kernel = FusedLif {
+                lif: *self,
+                drive,
+                affine: Some((
+                    affine.scale.detach().to_vec1::<f32>()?,
+                    affine.shift.detach().to_vec1::<f32>()?,
+                )),
+            };
+            return current.contiguous()?.apply_op1(kernel);
+        }
+        let a = ChannelAffine {
+            scale: affine.scale.detach(),
+            shift: affine.shift.detach(),
+        };
+        self.tensor_path(&a.apply(current)?, drive, true)
+    }
+
+    /// The differentiable neuron loop as plain tensor ops (every backend; the reference the fused
+    /// CPU op is tested against).
+    #[cfg(test)]
+    pub(crate) fn forward_graph(
+        &self,
+        current: &Tensor,
+        drive: Drive,
+    ) -> candle_core::Result<Tensor> {
         self.tensor_path(current, drive, true)
     }
 
@@ -316,46 +365,68 @@ impl FusedLif {
             nonzero_reset: p.v_reset != 0.0,
             decay_input: p.decay_input,
         };
-        let mut out = vec![0f32; t_steps * m];
-        let mut v = vec![consts.v_reset; m];
-        // Constant drive: the affine result is the same every step, computed once.
-        let constant_current: Option<Vec<f32>> = match (self.drive, &self.affine) {
-            (Drive::Constant, Some((scale, shift))) => {
-                let mut cur = x[..m].to_vec();
-                for (block, xs) in cur.chunks_exact_mut(spatial).enumerate() {
-                    let (a, b) = (scale[block % channels], shift[block % channels]);
-                    xs.iter_mut().for_each(|x| *x = *x * a + b);
-                }
-                Some(cur)
-            }
-            _ => None,
-        };
-        for t in 0..t_steps {
-            let out_t = &mut out[t * m..(t + 1) * m];
-            match (self.drive, &self.affine, &constant_current) {
-                (Drive::Constant, _, Some(cur)) => consts.steps(cur, &mut v, out_t, |x| x),
-                (Drive::Constant, _, None) => consts.steps(&x[..m], &mut v, out_t, |x| x),
-                (Drive::EveryStep, None, _) => {
-                    consts.steps(&x[t * m..(t + 1) * m], &mut v, out_t, |x| x)
-                }
-                (Drive::EveryStep, Some((scale, shift)), _) => {
-                    let xt = &x[t * m..(t + 1) * m];
-                    for (block, ((xs, vs), os)) in xt
-                        .chunks_exact(spatial)
-                        .zip(v.chunks_exact_mut(spatial))
-                        .zip(out_t.chunks_exact_mut(spatial))
-                        .enumerate()
-                    {
-                        let (a, b) = (scale[block % channels], shift[block % channels]);
-                        consts.steps(xs, vs, os, |x| x * a + b);
+        let (drive, affine) = (self.drive, &self.affine);
+        let block = spatial.max(1);
+        let per_chunk = block * (NEURON_CHUNK / block).max(1);
+        let out = par_neuron_chunks(m, t_steps, per_chunk, |lo, hi| {
+            let len = hi - lo;
+            let mut out = vec![0f32; t_steps * len];
+            let mut v = vec![consts.v_reset; len];
+            for t in 0..t_steps {
+                let out_t = &mut out[t * len..(t + 1) * len];
+                let xt = match drive {
+                    Drive::Constant => &x[lo..hi],
+                    Drive::EveryStep => &x[t * m + lo..t * m + hi],
+                };
+                match affine {
+                    None => consts.steps(xt, &mut v, out_t, |x| x),
+                    Some((scale, shift)) => {
+                        for (b, ((xs, vs), os)) in xt
+                            .chunks_exact(block)
+                            .zip(v.chunks_exact_mut(block))
+                            .zip(out_t.chunks_exact_mut(block))
+                            .enumerate()
+                        {
+                            let ch = (lo / block + b) % channels;
+                            let (a, b) = (scale[ch], shift[ch]);
+                            consts.steps(xs, vs, os, |x| x * a + b);
+                        }
                     }
                 }
             }
-        }
+            out
+        });
         let mut out_dims = dims.to_vec();
         out_dims[0] = rows * t_steps;
         Ok((out, out_dims))
     }
+}
+
+/// Neurons per parallel work item of the fused kernels.
+const NEURON_CHUNK: usize = 16 * 1024;
+
+/// Runs `f(lo, hi)` for chunks of `chunk` neurons of `m` in parallel; each returns its neurons'
+/// values for `steps` steps (`[steps, hi - lo]`), assembled here into `[steps, m]`. Neurons are
+/// independent and each chunk's arithmetic is fixed, so the result does not depend on threads.
+fn par_neuron_chunks(
+    m: usize,
+    steps: usize,
+    chunk: usize,
+    f: impl Fn(usize, usize) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let bounds: Vec<(usize, usize)> = (0..m)
+        .step_by(chunk.max(1))
+        .map(|lo| (lo, (lo + chunk).min(m)))
+        .collect();
+    let parts: Vec<Vec<f32>> = bounds.par_iter().map(|&(lo, hi)| f(lo, hi)).collect();
+    let mut out = vec![0f32; steps * m];
+    for (&(lo, hi), part) in bounds.iter().zip(&parts) {
+        for (t, values) in part.chunks_exact(hi - lo).enumerate().take(steps) {
+            out[t * m + lo..t * m + hi].copy_from_slice(values);
+        }
+    }
+    out
 }
 
 impl Lif {
@@ -400,6 +471,24 @@ impl Consts {
     }
 }
 
+impl Consts {
+    /// One step's potentials `h` (before the spike), advancing `vs` past the reset.
+    #[inline(always)]
+    fn potentials(&self, xs: &[f32], vs: &mut [f32], hs: &mut [f32]) {
+        let (vr, vth, k) = (self.v_reset, self.v_threshold, self.inv_tau);
+        for ((&x, v), ho) in xs.iter().zip(vs.iter_mut()).zip(hs.iter_mut()) {
+            let leak = if self.nonzero_reset { *v - vr } else { *v };
+            let h = if self.decay_input {
+                *v + ((x - leak) * k + 0.0)
+            } else {
+                (*v - (leak * k + 0.0)) + x
+            };
+            *ho = h;
+            *v = if h >= vth { vr } else { h };
+        }
+    }
+}
+
 impl CustomOp1 for FusedLif {
     fn name(&self) -> &'static str {
         "fused-lif"
@@ -422,6 +511,195 @@ impl CustomOp1 for FusedLif {
         };
         let (out, dims) = self.run(&data[start..end], layout.dims())?;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let grad = arg.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &LifBackward {
+                lif: self.lif,
+                drive: self.drive,
+                affine: self.affine.clone(),
+            },
+        )?;
+        Ok(Some(grad))
+    }
+}
+
+/// Backpropagation through time of the neuron loop: from the current `x` and the gradient of the
+/// spikes, the gradient of the current. The potentials `h_t` are recomputed forward (the same f32
+/// operations as the forward pass), then one reverse loop applies, per step,
+/// `dL/dh = dL/ds * k(h) + dL/dv * ((1 - s) + (v_reset - h) * k(h))` (hard reset through the
+/// surrogate, `detach_reset=False`), `dL/dx = dL/dh * dh/dx` and `dL/dv_prev = dL/dh * (1 - 1/tau)`.
+/// With a channel affine (held constant) the current is `x * scale + shift` and `dL/dx` is scaled.
+struct LifBackward {
+    lif: Lif,
+    drive: Drive,
+    affine: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl LifBackward {
+    fn run(&self, x: &[f32], grad_s: &[f32], dims: &[usize]) -> candle_core::Result<Vec<f32>> {
+        let t_steps = self.lif.timesteps;
+        let rows = self.lif.step_rows_from(dims[0], self.drive)?;
+        let per_row: usize = dims[1..].iter().product();
+        let m = rows * per_row;
+        if grad_s.len() != t_steps * m {
+            candle_core::bail!(
+                "LIF backward: {} spike gradients for {t_steps} steps of {m}",
+                grad_s.len()
+            );
+        }
+        // The current the neurons see (after the affine, when there is one).
+        let affined;
+        let (x, channel_scale) = match &self.affine {
+            Some((scale, shift)) => {
+                let c = dims.get(1).copied().unwrap_or(0);
+                if scale.len() != c || shift.len() != c || c == 0 {
+                    candle_core::bail!(
+                        "channel affine has {} scales and {} shifts for {c} channels",
+                        scale.len(),
+                        shift.len()
+                    );
+                }
+                let spatial = per_row / c;
+                let mut cur = x.to_vec();
+                for (block, xs) in cur.chunks_exact_mut(spatial).enumerate() {
+                    let (a, b) = (scale[block % c], shift[block % c]);
+                    xs.iter_mut().for_each(|x| *x = *x * a + b);
+                }
+                affined = cur;
+                (&affined[..], Some((scale, spatial)))
+            }
+            None => (x, None),
+        };
+        let p = &self.lif.params;
+        let (vr, vth) = (p.v_reset as f32, p.v_threshold as f32);
+        let k = (1.0 / p.tau) as f32;
+        let consts = Consts {
+            v_reset: vr,
+            v_threshold: vth,
+            inv_tau: k,
+            nonzero_reset: p.v_reset != 0.0,
+            decay_input: p.decay_input,
+        };
+        let surrogate = Surrogate::new(p);
+        let dh_dx = if p.decay_input { k } else { 1.0 };
+        let dv_dvprev = 1.0 - k;
+        let drive = self.drive;
+        // Neurons are independent: chunks of them run in parallel, each with its own potentials.
+        // Per neuron the arithmetic and its order are fixed, so the result is thread-count free.
+        let chunk = |lo: usize, hi: usize| -> Vec<f32> {
+            let len = hi - lo;
+            let step_x = |t: usize| match drive {
+                Drive::Constant => &x[lo..hi],
+                Drive::EveryStep => &x[t * m + lo..t * m + hi],
+            };
+            // Forward again, keeping every step's potential h_t.
+            let mut hs = vec![0f32; t_steps * len];
+            let mut v = vec![vr; len];
+            for t in 0..t_steps {
+                consts.potentials(step_x(t), &mut v, &mut hs[t * len..(t + 1) * len]);
+            }
+            let steps_out = if drive == Drive::Constant { 1 } else { t_steps };
+            let mut gx = vec![0f32; steps_out * len];
+            let grad_v = &mut v;
+            grad_v.iter_mut().for_each(|g| *g = 0.0);
+            for t in (0..t_steps).rev() {
+                let h_t = &hs[t * len..(t + 1) * len];
+                let gs_t = &grad_s[t * m + lo..t * m + hi];
+                let gx_t = match drive {
+                    Drive::Constant => &mut gx[..],
+                    Drive::EveryStep => &mut gx[t * len..(t + 1) * len],
+                };
+                for (((&h, &gs), gv), gx) in h_t
+                    .iter()
+                    .zip(gs_t)
+                    .zip(grad_v.iter_mut())
+                    .zip(gx_t.iter_mut())
+                {
+                    let kh = surrogate.derivative(h);
+                    let s = if h >= vth { 1.0 } else { 0.0 };
+                    let gh = gs * kh + *gv * ((1.0 - s) + (vr - h) * kh);
+                    *gx += gh * dh_dx;
+                    *gv = gh * dv_dvprev;
+                }
+            }
+            gx
+        };
+        let steps_out = if drive == Drive::Constant { 1 } else { t_steps };
+        let mut grad_x = par_neuron_chunks(m, steps_out, NEURON_CHUNK, chunk);
+        if let Some((scale, spatial)) = channel_scale {
+            let c = scale.len();
+            for (block, gs) in grad_x.chunks_exact_mut(spatial).enumerate() {
+                let a = scale[block % c];
+                gs.iter_mut().for_each(|g| *g *= a);
+            }
+        }
+        Ok(grad_x)
+    }
+}
+
+impl candle_core::CustomOp2 for LifBackward {
+    fn name(&self) -> &'static str {
+        "fused-lif-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(grad)) = (x, grad) else {
+            candle_core::bail!("fused LIF backward expects f32 tensors");
+        };
+        let (Some((xs, xe)), Some((gs, ge))) = (
+            x_layout.contiguous_offsets(),
+            grad_layout.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("fused LIF backward expects contiguous tensors");
+        };
+        let out = self.run(&x[xs..xe], &grad[gs..ge], x_layout.dims())?;
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+/// The surrogate derivative `ds/dh` in f32.
+struct Surrogate {
+    kind: SurrogateKind,
+    alpha: f32,
+    v_threshold: f32,
+}
+
+impl Surrogate {
+    fn new(p: &LifParams) -> Surrogate {
+        Surrogate {
+            kind: p.surrogate,
+            alpha: p.alpha as f32,
+            v_threshold: p.v_threshold as f32,
+        }
+    }
+
+    #[inline(always)]
+    fn derivative(&self, h: f32) -> f32 {
+        let u = h - self.v_threshold;
+        match self.kind {
+            SurrogateKind::Sigmoid => {
+                let sg = 1.0 / (1.0 + (-self.alpha * u).exp());
+                self.alpha * sg * (1.0 - sg)
+            }
+            SurrogateKind::Atan => {
+                let z = std::f32::consts::FRAC_PI_2 * self.alpha * u;
+                self.alpha / 2.0 / (1.0 + z * z)
+            }
+        }
     }
 }
 
@@ -560,6 +838,84 @@ mod tests {
                     plain.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                     plain_ref.flatten_all().unwrap().to_vec1::<f32>().unwrap()
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_backward_equals_the_tensor_graphs_gradient() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let (t, b, c, hw) = (4usize, 3usize, 5usize, 6usize);
+        let dev = Device::Cpu;
+        for params in [
+            LifParams::default(),
+            LifParams {
+                surrogate: SurrogateKind::Atan,
+                alpha: 2.0,
+                ..LifParams::default()
+            },
+            LifParams {
+                v_reset: -0.3,
+                decay_input: false,
+                tau: 3.0,
+                ..LifParams::default()
+            },
+        ] {
+            let l = Lif::new(params, t).unwrap();
+            for drive in [Drive::EveryStep, Drive::Constant] {
+                let rows = if drive == Drive::Constant { b } else { t * b };
+                let xs: Vec<f32> = (0..rows * c * hw)
+                    .map(|_| rng.random_range(-1.0f32..3.0))
+                    .collect();
+                let gs: Vec<f32> = (0..t * b * c * hw)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
+                let x = Var::from_vec(xs, (rows, c, hw), &dev).unwrap();
+                let g = Tensor::from_vec(gs, (t * b, c, hw), &dev).unwrap();
+                let fused = l.forward(x.as_tensor(), drive).unwrap();
+                let graph = l.forward_graph(x.as_tensor(), drive).unwrap();
+                let fv: Vec<f32> = fused.flatten_all().unwrap().to_vec1().unwrap();
+                let gv: Vec<f32> = graph.flatten_all().unwrap().to_vec1().unwrap();
+                assert_eq!(fv, gv, "{params:?} {drive:?}: spikes");
+                let grad = |y: &Tensor| {
+                    let gr = y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+                    let v: Vec<f32> = gr
+                        .get(x.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    v
+                };
+                let (a, r) = (grad(&fused), grad(&graph));
+                assert!(r.iter().any(|v| v.abs() > 1e-3));
+                for (i, (a, r)) in a.iter().zip(&r).enumerate() {
+                    assert!(
+                        (a - r).abs() <= 1e-5 * (1.0 + r.abs()),
+                        "{params:?} {drive:?} [{i}]: fused {a} vs graph {r}"
+                    );
+                }
+                // With a constant channel affine in front.
+                let scale: Vec<f32> = (0..c).map(|_| rng.random_range(0.2f32..2.0)).collect();
+                let shift: Vec<f32> = (0..c).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+                let affine = ChannelAffine {
+                    scale: Tensor::new(scale.as_slice(), &dev).unwrap(),
+                    shift: Tensor::new(shift.as_slice(), &dev).unwrap(),
+                };
+                let fused = l
+                    .forward_affine_const(x.as_tensor(), drive, &affine)
+                    .unwrap();
+                let graph = l
+                    .forward_graph(&affine.apply(x.as_tensor()).unwrap(), drive)
+                    .unwrap();
+                let (fa, ga) = (grad(&fused), grad(&graph));
+                for (i, (a, r)) in fa.iter().zip(&ga).enumerate() {
+                    assert!(
+                        (a - r).abs() <= 1e-5 * (1.0 + r.abs()),
+                        "{params:?} {drive:?} affine [{i}]: fused {a} vs graph {r}"
+                    );
+                }
             }
         }
     }

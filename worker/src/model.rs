@@ -473,30 +473,33 @@ impl SnnModel {
         Ok(ChannelAffine { scale, shift })
     }
 
-    /// Batch norm of layer `l` with batch statistics; updates the running statistics.
+    /// Batch norm of layer `l` with batch statistics (the fused op of [`crate::batch_norm`]);
+    /// updates the running statistics (unbiased variance, as PyTorch).
     fn bn_train(&self, l: usize, y: &Tensor) -> candle_core::Result<Tensor> {
         let b = &self.blocks[l];
-        let c = y.dim(1)?;
-        let mean = y.mean_keepdim((0, 2, 3))?;
-        let centered = y.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
-        let normed = centered.broadcast_div(&var.affine(1.0, BN_EPS)?.sqrt()?)?;
-        let out = normed
-            .broadcast_mul(&b.bn_weight.as_tensor().reshape((1, c, 1, 1))?)?
-            .broadcast_add(&b.bn_bias.as_tensor().reshape((1, c, 1, 1))?)?;
+        let (out, stats) = crate::batch_norm::batch_norm_train(
+            y,
+            b.bn_weight.as_tensor(),
+            b.bn_bias.as_tensor(),
+            BN_EPS,
+        )?;
+        let c = stats.mean.len();
         let n = (y.elem_count() / c.max(1)) as f64;
         let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
         let m = BN_MOMENTUM;
+        let device = y.device();
+        let mean = Tensor::from_vec(stats.mean, c, device)?;
+        let var = Tensor::from_vec(stats.var, c, device)?;
         let new_mean = b
             .running_mean
             .as_tensor()
             .affine(1.0 - m, 0.0)?
-            .add(&mean.detach().flatten_all()?.affine(m, 0.0)?)?;
+            .add(&mean.affine(m, 0.0)?)?;
         let new_var = b
             .running_var
             .as_tensor()
             .affine(1.0 - m, 0.0)?
-            .add(&var.detach().flatten_all()?.affine(m * unbiased, 0.0)?)?;
+            .add(&var.affine(m * unbiased, 0.0)?)?;
         b.running_mean.set(&new_mean.detach())?;
         b.running_var.set(&new_var.detach())?;
         Ok(out)
@@ -507,6 +510,21 @@ impl SnnModel {
     /// `train = false` uses the running statistics and gives the same logits as
     /// [`SnnModel::forward_eval`].
     pub fn forward(&self, pixels: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.forward_graph(pixels, train, true)
+    }
+
+    /// Logits differentiable w.r.t. `pixels` only (running statistics, weights held constant): the
+    /// pass white-box attacks differentiate, without the cost of weight gradients.
+    pub fn forward_input_grad(&self, pixels: &Tensor) -> Result<Tensor, ModelError> {
+        self.forward_graph(pixels, false, false)
+    }
+
+    fn forward_graph(
+        &self,
+        pixels: &Tensor,
+        train: bool,
+        weight_grads: bool,
+    ) -> Result<Tensor, ModelError> {
         self.check_pixels(pixels)?;
         let mut x = self.normalise(pixels)?;
         for l in 0..self.blocks.len() {
@@ -515,16 +533,21 @@ impl SnnModel {
             } else {
                 Drive::EveryStep
             };
-            let y = crate::conv::conv3x3_graph(&x, self.blocks[l].weight.as_tensor())?;
-            let y = if train {
-                self.bn_train(l, &y)?
+            let w = self.blocks[l].weight.as_tensor();
+            let w = if weight_grads { w.clone() } else { w.detach() };
+            let y = crate::conv::conv3x3_graph(&x, &w)?;
+            let s = if train {
+                self.lif.forward(&self.bn_train(l, &y)?, drive)?
+            } else if weight_grads {
+                self.lif
+                    .forward(&self.bn_affine(l, true)?.apply(&y)?, drive)?
             } else {
-                self.bn_affine(l, true)?.apply(&y)?
+                self.lif
+                    .forward_affine_const(&y, drive, &self.bn_affine(l, false)?)?
             };
-            let s = self.lif.forward(&y, drive)?;
             x = self.pool(l, s)?;
         }
-        Ok(self.classify(&x, true)?)
+        Ok(self.classify(&x, weight_grads)?)
     }
 
     /// Logits `[B, classes]` without an autograd graph: running batch-norm statistics and the fused
