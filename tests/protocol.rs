@@ -9,7 +9,7 @@ use std::time::Duration;
 use ccsrp_proto::v1::coordinator_client::CoordinatorClient;
 use ccsrp_proto::v1::{
     task, task_result, CandidateCount, CandidateCountsResult, LeaseRequest, LeaseState,
-    RegisterRequest, Task, TaskResult,
+    RegisterRequest, ResultBatch, Task, TaskResult,
 };
 use ccsrp_worker::runtime::artifact_cache::ArtifactCache;
 use ccsrp_worker::runtime::master_client::MasterClient;
@@ -166,6 +166,10 @@ fn hostile_results_are_rejected_without_harming_the_job() {
                 altered(&good, |r| counts_of(r)[0].clean = samples + 1),
             ),
             (
+                "a wrong mask length",
+                altered(&good, |r| counts_of(r)[0].mask_filters += 1),
+            ),
+            (
                 "a candidate missing",
                 altered(&good, |r| {
                     counts_of(r).pop();
@@ -180,7 +184,9 @@ fn hostile_results_are_rejected_without_harming_the_job() {
         for (what, result) in hostile {
             let reply = client
                 .coordinator
-                .report(tokio_stream::iter([result]))
+                .report(tokio_stream::iter([ResultBatch {
+                    results: vec![result],
+                }]))
                 .await;
             match reply {
                 Err(status) => assert!(
@@ -199,7 +205,9 @@ fn hostile_results_are_rejected_without_harming_the_job() {
         }
         let first = client
             .coordinator
-            .report(tokio_stream::iter([good.clone()]))
+            .report(tokio_stream::iter([ResultBatch {
+                results: vec![good.clone()],
+            }]))
             .await
             .unwrap()
             .into_inner();
@@ -210,7 +218,9 @@ fn hostile_results_are_rejected_without_harming_the_job() {
         );
         let again = client
             .coordinator
-            .report(tokio_stream::iter([good]))
+            .report(tokio_stream::iter([ResultBatch {
+                results: vec![good],
+            }]))
             .await
             .unwrap()
             .into_inner();

@@ -20,7 +20,7 @@ use ccsrp_proto::shard::shard_range;
 use ccsrp_proto::v1::artifacts_client::ArtifactsClient;
 use ccsrp_proto::v1::coordinator_client::CoordinatorClient;
 use ccsrp_proto::v1::{
-    self, task, task_result, LeaseRequest, LeaseState, RegisterRequest, TaskResult,
+    self, task, task_result, LeaseRequest, LeaseState, RegisterRequest, ResultBatch, TaskResult,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -77,6 +77,7 @@ fn answer(t: &v1::Task, worker: &str, eval: u32, shards: u32, artifact: &str) ->
                             clean: n * kept / 80,
                             adversarial: n * kept / 160,
                             samples: n,
+                            mask_filters: c.mask.as_ref().map_or(0, |m| m.filters),
                         }
                     })
                     .collect(),
@@ -175,18 +176,17 @@ async fn worker(
         stats
             .lease_latencies_us
             .push(t0.elapsed().as_micros() as u64);
+        // Every task of the lease is answered at once: one message carries them all.
+        let mut results = Vec::with_capacity(reply.tasks.len());
         for t in &reply.tasks {
             if let Some(task::Kind::EvaluateCandidates(e)) = &t.kind {
                 stats.candidates += e.candidates.len() as u64;
             }
             stats.results += 1;
-            if tx
-                .send(answer(t, &id, eval, shards, &artifact))
-                .await
-                .is_err()
-            {
-                return stats;
-            }
+            results.push(answer(t, &id, eval, shards, &artifact));
+        }
+        if tx.send(ResultBatch { results }).await.is_err() {
+            return stats;
         }
     }
     drop(tx);

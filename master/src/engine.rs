@@ -18,7 +18,7 @@
 //! bound and all of its layer's filters, and every open item belongs to the current step.
 //! The whole state is serde-serialisable; nothing random is held outside it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ccsrp_proto::shard::shard_range;
 use ccsrp_proto::v1::{Mask, ModelDescription};
@@ -114,10 +114,56 @@ struct OpenItem {
 
 /// Bookkeeping of items: open ones in creation order, and a digest of every accepted result (for
 /// idempotence; a digest instead of the result keeps checkpoints small over long jobs).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Indexed so that every operation a result costs is O(log n), not O(open items): open items by
+/// creation sequence, their ids, the ones not yet handed out, and how many are candidate
+/// evaluations. Serialised as the plain list of open items in creation order ([`LedgerForm`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "LedgerForm", into = "LedgerForm")]
 struct Ledger {
+    open: BTreeMap<u64, OpenItem>,
+    answered: BTreeMap<WorkId, u64>,
+    by_id: HashMap<WorkId, u64>,
+    not_handed_out: BTreeSet<u64>,
+    open_evaluations: usize,
+    next_seq: u64,
+}
+
+/// Equal when the open items (in creation order) and the answered digests are: the indexes and
+/// sequence numbers are bookkeeping (a restored ledger renumbers its items).
+impl PartialEq for Ledger {
+    fn eq(&self, other: &Ledger) -> bool {
+        self.answered == other.answered && self.open.values().eq(other.open.values())
+    }
+}
+
+/// The serialised form of [`Ledger`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct LedgerForm {
     open: Vec<OpenItem>,
     answered: BTreeMap<WorkId, u64>,
+}
+
+impl From<LedgerForm> for Ledger {
+    fn from(form: LedgerForm) -> Ledger {
+        let mut ledger = Ledger {
+            answered: form.answered,
+            ..Ledger::default()
+        };
+        for item in form.open {
+            ledger.insert(item);
+        }
+        ledger
+    }
+}
+
+impl From<Ledger> for LedgerForm {
+    fn from(ledger: Ledger) -> LedgerForm {
+        LedgerForm {
+            open: ledger.open.into_values().collect(),
+            answered: ledger.answered,
+        }
+    }
 }
 
 /// FNV-1a over the result's JSON form: deterministic (fixed field order, no hash maps inside), so
@@ -131,13 +177,52 @@ fn output_digest(output: &WorkOutput) -> u64 {
 
 impl Ledger {
     fn push(&mut self, id: String, kind: WorkKind) {
-        self.open.push(OpenItem {
+        self.insert(OpenItem {
             item: WorkItem {
                 id: WorkId(id),
                 kind,
             },
             handed_out: false,
         });
+    }
+
+    fn insert(&mut self, open: OpenItem) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if !open.handed_out {
+            self.not_handed_out.insert(seq);
+        }
+        if matches!(open.item.kind, WorkKind::EvaluateCandidates { .. }) {
+            self.open_evaluations += 1;
+        }
+        self.by_id.insert(open.item.id.clone(), seq);
+        self.open.insert(seq, open);
+    }
+
+    fn get(&self, id: &WorkId) -> Option<&OpenItem> {
+        self.by_id.get(id).and_then(|seq| self.open.get(seq))
+    }
+
+    fn remove(&mut self, id: &WorkId) -> Option<OpenItem> {
+        let seq = self.by_id.remove(id)?;
+        self.not_handed_out.remove(&seq);
+        let open = self.open.remove(&seq)?;
+        if matches!(open.item.kind, WorkKind::EvaluateCandidates { .. }) {
+            self.open_evaluations -= 1;
+        }
+        Some(open)
+    }
+
+    /// Marks every not-yet-handed-out item handed out and returns them in creation order.
+    fn hand_out(&mut self) -> Vec<WorkItem> {
+        let seqs = std::mem::take(&mut self.not_handed_out);
+        seqs.into_iter()
+            .filter_map(|seq| {
+                let o = self.open.get_mut(&seq)?;
+                o.handed_out = true;
+                Some(o.item.clone())
+            })
+            .collect()
     }
 }
 
@@ -261,22 +346,14 @@ impl Engine {
     /// New work items that became ready since the last call, in creation order. Each item is
     /// returned once; the engine then counts it as outstanding. Empty while waiting or when done.
     pub fn ask(&mut self) -> Vec<WorkItem> {
-        self.ledger
-            .open
-            .iter_mut()
-            .filter(|o| !o.handed_out)
-            .map(|o| {
-                o.handed_out = true;
-                o.item.clone()
-            })
-            .collect()
+        self.ledger.hand_out()
     }
 
     /// Every item handed out by [`Engine::ask`] and not yet answered (to re-lease after a restart).
     pub fn outstanding(&self) -> Vec<WorkItem> {
         self.ledger
             .open
-            .iter()
+            .values()
             .filter(|o| o.handed_out)
             .map(|o| o.item.clone())
             .collect()
@@ -286,15 +363,17 @@ impl Engine {
     /// candidates or with impossible counts is an error and changes nothing; the same result again
     /// is [`Told::Duplicate`]. A result for an item created but not yet asked for is accepted.
     pub fn tell(&mut self, result: WorkResult) -> Result<Told, TellError> {
-        let Some(pos) = self.ledger.open.iter().position(|o| o.item.id == result.id) else {
+        let Some(open) = self.ledger.get(&result.id) else {
             return match self.ledger.answered.get(&result.id) {
                 Some(&previous) if previous == output_digest(&result.output) => Ok(Told::Duplicate),
                 Some(_) => Err(TellError::AlreadyAnswered { id: result.id }),
                 None => Err(TellError::UnknownItem { id: result.id }),
             };
         };
-        self.check(&self.ledger.open[pos].item, &result.output)?;
-        let item = self.ledger.open.remove(pos).item;
+        self.check(&open.item, &result.output)?;
+        let Some(OpenItem { item, .. }) = self.ledger.remove(&result.id) else {
+            return Err(TellError::UnknownItem { id: result.id });
+        };
         self.ledger
             .answered
             .insert(result.id.clone(), output_digest(&result.output));
@@ -324,6 +403,25 @@ impl Engine {
 
     /// Where the search stands.
     pub fn progress(&self) -> Progress {
+        let (phase, iteration, generation) = self.position();
+        Progress {
+            phase,
+            iteration,
+            generation,
+            items_done: self.ledger.answered.len() as u64,
+            items_outstanding: self.ledger.open.len() as u64,
+            candidates_evaluated: self.history.candidates.len() as u64,
+            best: self.best.clone(),
+        }
+    }
+
+    /// The best network tested so far (the dense one first), as in [`Engine::progress`].
+    pub fn best(&self) -> Option<&NetworkRecord> {
+        self.best.as_ref()
+    }
+
+    /// Where the search is: (phase, iteration, generation), as in [`Engine::progress`] (cheap).
+    pub fn position(&self) -> (Phase, u32, u32) {
         let (iteration, generation, phase) = match (&self.outcome, &self.iteration) {
             (Some(_), it) => (
                 it.as_ref().map_or(0, |i| i.number),
@@ -343,15 +441,7 @@ impl Engine {
                 (it.number, it.generation, phase)
             }
         };
-        Progress {
-            phase,
-            iteration,
-            generation,
-            items_done: self.ledger.answered.len() as u64,
-            items_outstanding: self.ledger.open.len() as u64,
-            candidates_evaluated: self.history.candidates.len() as u64,
-            best: self.best.clone(),
-        }
+        (phase, iteration, generation)
     }
 
     /// Each layer's current first front and representative (empty before generation 0 is scored).
@@ -506,6 +596,17 @@ impl Engine {
                     "adversarial",
                     c.adversarial,
                     format!("<= samples ({samples})"),
+                ));
+            }
+            let filters = candidates
+                .iter()
+                .find(|(id, _)| *id == c.candidate)
+                .map_or(0, |(_, m)| m.filters);
+            if c.mask_filters != filters {
+                return Err(invalid(
+                    "mask_filters",
+                    u64::from(c.mask_filters),
+                    format!("{filters} (the length of the candidate's mask)"),
                 ));
             }
         }
@@ -723,11 +824,7 @@ impl Engine {
         // Every shard's item exists once its adversarial shard does; the generation is complete
         // when all of those items are answered (O(open items), not O(candidates x shards)).
         let all_shards_built = it.adversarial.iter().all(Option::is_some);
-        let evaluating = self
-            .ledger
-            .open
-            .iter()
-            .any(|o| matches!(o.item.kind, WorkKind::EvaluateCandidates { .. }));
+        let evaluating = self.ledger.open_evaluations > 0;
         if all_shards_built && !evaluating {
             self.finish_generation();
         }

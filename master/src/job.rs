@@ -316,37 +316,35 @@ impl Job {
             st.leases.add(item);
         }
         st.dirty = true;
-        let p = st.engine.progress();
-        let position = (p.phase, p.iteration, p.generation);
+        let position = st.engine.position();
         let moved = position != st.position;
         st.position = position;
         if moved && st.dense.is_none() {
-            st.dense = p
-                .best
-                .as_ref()
+            st.dense = st
+                .engine
+                .best()
                 .filter(|b| b.iteration == 0)
                 .map(network_point);
         }
         drop(guard);
+        let (phase, iteration, generation) = position;
         self.accepted.fetch_add(1, Ordering::Relaxed);
         if woke {
             self.work_ready.notify_waiters();
         }
         if moved {
-            let msg = if p.phase == Phase::Done {
+            let msg = if phase == Phase::Done {
                 "job done".to_string()
             } else {
                 format!(
-                    "{}: iteration {} generation {}",
-                    phase_name(p.phase),
-                    p.iteration,
-                    p.generation
+                    "{}: iteration {iteration} generation {generation}",
+                    phase_name(phase)
                 )
             };
             tracing::info!(
-                phase = phase_name(p.phase),
-                iteration = p.iteration,
-                generation = p.generation,
+                phase = phase_name(phase),
+                iteration,
+                generation,
                 "job progressed"
             );
             let _ = self.events.send(msg);

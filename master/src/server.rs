@@ -182,11 +182,16 @@ pub async fn serve(
         stopped.clone(),
     ));
     let expiry = tokio::spawn(run_expiry(job.clone(), stopped.clone()));
+    let out_dir = options
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| options.state_dir.join("results"));
     let watcher = tokio::spawn(watch_for_end(
         job.clone(),
         shutdown,
         stop.clone(),
         options.linger,
+        (out_dir.clone(), checkpoint_path.clone()),
     ));
 
     let local = listener.local_addr().ok();
@@ -214,42 +219,75 @@ pub async fn serve(
         .await;
     let _ = checkpointer.await;
     let _ = expiry.await;
-    watcher.abort();
-
-    let bytes = job.with_engine(|e| checkpoint::encode(&job.settings().fingerprint, e))?;
-    let path = checkpoint_path.clone();
-    tokio::task::spawn_blocking(move || checkpoint::write(&path, &bytes))
-        .await
-        .map_err(|e| ServeError::Task(format!("checkpoint: {e}")))??;
+    // The watcher has written the results if it saw the job end (it finished before the server).
+    let written = if watcher.is_finished() {
+        watcher.await.ok().flatten()
+    } else {
+        watcher.abort();
+        None
+    };
 
     let outcome = job.with_engine(|e| e.outcome().cloned());
-    let mut out_dir = None;
-    if outcome.is_some() {
-        let dir = options
-            .out_dir
-            .clone()
-            .unwrap_or_else(|| options.state_dir.join("results"));
-        let job2 = job.clone();
-        let dir2 = dir.clone();
-        tokio::task::spawn_blocking(move || results::write(&job2, &dir2, &checkpoint_path))
-            .await
-            .map_err(|e| ServeError::Task(format!("results: {e}")))??;
-        tracing::info!(out_dir = %dir.display(), "results written");
-        out_dir = Some(dir);
-    }
+    let out_dir = match (&outcome, written) {
+        (Some(_), None) => Some(write_final(&job, &out_dir, &checkpoint_path).await?),
+        (_, written) => {
+            // The checkpointer has stopped: this write is the last word on the state.
+            write_checkpoint(&job, &checkpoint_path).await?;
+            written
+        }
+    };
     Ok(ServeReport { outcome, out_dir })
 }
 
-/// Fires `stop` on the outer shutdown, or once the job is done and `linger` passed.
+/// Writes the checkpoint now.
+async fn write_checkpoint(job: &Arc<Job>, path: &Path) -> Result<(), ServeError> {
+    let bytes = job.with_engine(|e| checkpoint::encode(&job.settings().fingerprint, e))?;
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || checkpoint::write(&path, &bytes))
+        .await
+        .map_err(|e| ServeError::Task(format!("checkpoint: {e}")))??;
+    Ok(())
+}
+
+/// Writes the final checkpoint and the results directory of a finished job.
+async fn write_final(
+    job: &Arc<Job>,
+    out_dir: &Path,
+    checkpoint_path: &Path,
+) -> Result<PathBuf, ServeError> {
+    write_checkpoint(job, checkpoint_path).await?;
+    let (job2, dir2, ck) = (
+        job.clone(),
+        out_dir.to_path_buf(),
+        checkpoint_path.to_path_buf(),
+    );
+    tokio::task::spawn_blocking(move || results::write(&job2, &dir2, &ck))
+        .await
+        .map_err(|e| ServeError::Task(format!("results: {e}")))??;
+    tracing::info!(out_dir = %out_dir.display(), "results written");
+    Ok(out_dir.to_path_buf())
+}
+
+/// Fires `stop` on the outer shutdown, or once the job is done and `linger` passed. When the job
+/// ends, writes the results at once (before the linger, so they are on disk as soon as the job is
+/// done) and returns their directory.
 async fn watch_for_end(
     job: Arc<Job>,
     mut shutdown: Shutdown,
     stop: shutdown::ShutdownTrigger,
     linger: Duration,
-) {
+    (out_dir, checkpoint_path): (PathBuf, PathBuf),
+) -> Option<PathBuf> {
     let (mut ticks, _) = job.subscribe();
+    let mut written = None;
     loop {
         if job.is_done() {
+            match write_final(&job, &out_dir, &checkpoint_path).await {
+                Ok(dir) => written = Some(dir),
+                Err(e) => {
+                    tracing::error!(error = %e, "writing the results failed; retrying at shutdown")
+                }
+            }
             tracing::info!(linger_s = linger.as_secs_f64(), "job done");
             tokio::select! {
                 _ = tokio::time::sleep(linger) => {}
@@ -263,6 +301,7 @@ async fn watch_for_end(
         }
     }
     stop.trigger();
+    written
 }
 
 /// Writes the checkpoint at most once per `interval`, when the state changed.

@@ -212,6 +212,7 @@ pub fn work_result(r: &v1::TaskResult) -> Result<WorkResult, WireError> {
                         clean: c.clean,
                         adversarial: c.adversarial,
                         samples: c.samples,
+                        mask_filters: c.mask_filters,
                     })
                 })
                 .collect::<Result<_, WireError>>()?,

@@ -166,6 +166,9 @@ pub struct CandidateCount {
     pub adversarial: u64,
     /// Images in the shard (must equal the shard's size).
     pub samples: u64,
+    /// Length of the mask the worker evaluated (must equal the candidate's mask length).
+    #[serde(default)]
+    pub mask_filters: u32,
 }
 
 /// What a worker computed.

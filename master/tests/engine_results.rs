@@ -105,6 +105,15 @@ fn malformed_results_are_rejected_without_touching_the_state() {
     let e = engine.tell(wrong_samples).unwrap_err();
     assert!(e.to_string().contains("the size of eval shard"), "{e}");
 
+    let mut wrong_mask = good.clone();
+    counts_of(&mut wrong_mask)[0].mask_filters += 1;
+    let e = engine.tell(wrong_mask).unwrap_err();
+    assert!(e.to_string().contains(".mask_filters = "), "{e}");
+    assert!(
+        e.to_string().contains("length of the candidate's mask"),
+        "{e}"
+    );
+
     assert!(engine == before, "a rejected result changed the state");
     assert_eq!(engine.tell(good.clone()).unwrap(), Told::Accepted);
     assert_eq!(engine.tell(good.clone()).unwrap(), Told::Duplicate);

@@ -97,7 +97,7 @@ async fn report(
     c: &mut Coordinator,
     results: Vec<TaskResult>,
 ) -> Result<v1::ReportSummary, tonic::Status> {
-    c.report(tokio_stream::iter(results))
+    c.report(tokio_stream::iter([v1::ResultBatch { results }]))
         .await
         .map(|r| r.into_inner())
 }

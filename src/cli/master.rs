@@ -26,7 +26,8 @@ pub struct MasterArgs {
     /// File holding the shared token every RPC must carry [default: $CCSRP_TOKEN, else none].
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// Seconds to keep serving after the job is done, so workers learn it and exit.
+    /// Seconds to keep serving after the job is done, so workers learn it and exit (the results
+    /// are written when the job ends, before this wait).
     #[arg(long, default_value_t = 5.0)]
     linger_seconds: f64,
 }

@@ -26,9 +26,9 @@ use ccsrp_worker::runtime::{run_worker, Uuid, WorkerOptions};
 use crate::cli::worker::init_tracing;
 
 /// The job `ccsrp run` runs without `--config` (every field not named here has the default of
-/// the job file reference in docs/runtime.md). Sized for 2 CPU cores: a `small` SNN (32-M-64-M-128-M,
-/// T = 4) trained 4 epochs on 4,000 synthetic images, candidates scored on 256 held-out images in
-/// 4 shards, 2 outer iterations of 4 generations, tested on 500 images with FGSM and PGD-10.
+/// the job file reference in README). Sized for 2 CPU cores: a `small` SNN (32-M-64-M-128-M, T = 4)
+/// trained 4 epochs on 3,000 synthetic images, candidates scored on 256 held-out images in 4
+/// shards, 2 outer iterations of 3 generations, tested on 250 images with FGSM and PGD-7.
 pub const DEFAULT_JOB: &str = r#"
 [job]
 name = "ccsrp-run"
@@ -38,8 +38,8 @@ seed = 1
 kind = "synthetic"
 eval_size = 256
 eval_shards = 4
-train_limit = 4000
-test_limit = 500
+train_limit = 3000
+test_limit = 250
 
 [pretrain]
 arch = "small"
@@ -48,13 +48,13 @@ epochs = 4
 
 [evolution]
 iterations = 2
-generations = 4
+generations = 3
 
 [finetune]
 epochs = 1
 
 [test_attack.pgd]
-steps = 10
+steps = 7
 
 [runtime]
 lease_seconds = 120

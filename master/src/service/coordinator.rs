@@ -6,7 +6,7 @@ use std::time::Duration;
 use ccsrp_proto::v1::coordinator_server::Coordinator;
 use ccsrp_proto::v1::{
     HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, RegisterReply, RegisterRequest,
-    ReportSummary, TaskResult,
+    ReportSummary, ResultBatch,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -74,7 +74,7 @@ impl Coordinator for CoordinatorService {
 
     async fn report(
         &self,
-        request: Request<Streaming<TaskResult>>,
+        request: Request<Streaming<ResultBatch>>,
     ) -> Result<Response<ReportSummary>, Status> {
         let mut stream = request.into_inner();
         let mut shutdown = self.shutdown.clone();
@@ -85,19 +85,21 @@ impl Coordinator for CoordinatorService {
                 m = stream.message() => m?,
                 _ = shutdown.wait() => return Err(Status::unavailable("master is shutting down")),
             };
-            let Some(result) = next else {
+            let Some(batch) = next else {
                 return Ok(Response::new(summary));
             };
-            let worker_id = worker.get_or_insert_with(|| result.worker_id.clone());
-            match self.job.report(worker_id, &result) {
-                Ok(Taken::Accepted) => summary.accepted += 1,
-                Ok(Taken::Dropped(reason)) => {
-                    summary.dropped += 1;
-                    tracing::warn!(worker_id = %worker_id, task_id = %result.task_id, attempt = result.attempt, reason = %reason, "result dropped");
-                }
-                Err(status) => {
-                    tracing::warn!(worker_id = %worker_id, task_id = %result.task_id, code = ?status.code(), reason = status.message(), "result refused");
-                    return Err(status);
+            for result in &batch.results {
+                let worker_id = worker.get_or_insert_with(|| result.worker_id.clone());
+                match self.job.report(worker_id, result) {
+                    Ok(Taken::Accepted) => summary.accepted += 1,
+                    Ok(Taken::Dropped(reason)) => {
+                        summary.dropped += 1;
+                        tracing::warn!(worker_id = %worker_id, task_id = %result.task_id, attempt = result.attempt, reason = %reason, "result dropped");
+                    }
+                    Err(status) => {
+                        tracing::warn!(worker_id = %worker_id, task_id = %result.task_id, code = ?status.code(), reason = status.message(), "result refused");
+                        return Err(status);
+                    }
                 }
             }
         }

@@ -203,6 +203,7 @@ impl Evaluator {
                             clean: count(1, range.clone(), CLEAN_BASE * q),
                             adversarial: count(2, range.clone(), ROBUST_BASE * q),
                             samples: range.len() as u64,
+                            mask_filters: mask.filters,
                         }
                     })
                     .collect();

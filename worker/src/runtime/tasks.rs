@@ -453,6 +453,7 @@ impl TaskExecutor {
                     &adversarial.labels,
                 )?,
                 samples: clean.len() as u64,
+                mask_filters: mask.filters,
             });
         }
         Ok(task_result::Outcome::CandidateCounts(

@@ -16,7 +16,7 @@ use tonic::Code;
 
 use ccsrp_proto::v1::{
     task_result, HeartbeatRequest, LeaseReply, LeaseRequest, LeaseState, RegisterReply,
-    RegisterRequest, Task, TaskResult,
+    RegisterRequest, ResultBatch, Task, TaskResult,
 };
 use ccsrp_proto::PROTOCOL_VERSION;
 
@@ -280,7 +280,9 @@ async fn report(client: &mut MasterClient, result: TaskResult) -> Result<(), Cli
     let task_id = result.task_id.clone();
     let summary = client
         .coordinator
-        .report(tokio_stream::iter([result]))
+        .report(tokio_stream::iter([ResultBatch {
+            results: vec![result],
+        }]))
         .await
         .map_err(|status| ClientError::Rpc {
             call: "Report",
