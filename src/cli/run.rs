@@ -27,8 +27,8 @@ use crate::cli::worker::init_tracing;
 
 /// The job `ccsrp run` runs without `--config` (every field not named here has the default of
 /// the job file reference in README). Sized for 2 CPU cores: a `small` SNN (32-M-64-M-128-M, T = 4)
-/// trained 4 epochs on 3,000 synthetic images, candidates scored on 256 held-out images in 4
-/// shards, 2 outer iterations of 3 generations, tested on 250 images with FGSM and PGD-7.
+/// trained 3 epochs on 4,000 synthetic images, candidates scored on 256 held-out images in 4
+/// shards, 2 outer iterations of 3 generations, tested on 500 images with FGSM and PGD-7.
 pub const DEFAULT_JOB: &str = r#"
 [job]
 name = "ccsrp-run"
@@ -38,13 +38,13 @@ seed = 1
 kind = "synthetic"
 eval_size = 256
 eval_shards = 4
-train_limit = 3000
-test_limit = 250
+train_limit = 4000
+test_limit = 500
 
 [pretrain]
 arch = "small"
 timesteps = 4
-epochs = 4
+epochs = 3
 
 [evolution]
 iterations = 2

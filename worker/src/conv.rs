@@ -39,6 +39,66 @@ pub(crate) fn conv3x3_graph(x: &Tensor, w: &Tensor) -> candle_core::Result<Tenso
         .reshape((n, out, h, wd))
 }
 
+/// `conv2d(x, w, padding 1, stride 1)` differentiable w.r.t. `x` only (`w` held constant), for
+/// attacks: the backward pass is `col2im(wᵀ · dy)`. (Through [`conv3x3_graph`], candle's matmul
+/// backward would also compute the weight gradient, a second gemm as large as the forward one.)
+pub(crate) fn conv3x3_input_grad(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let (_, cin, kh, kw) = w.dims4()?;
+    if !x.device().is_cpu() || (cin, kh, kw) != (c, 3, 3) {
+        return x.conv2d(&w.detach(), 1, 1, 1, 1);
+    }
+    x.contiguous()?
+        .apply_op1(ConstantWeightConv3x3 { w: w.detach() })
+}
+
+/// [`conv3x3`] as one op with the input-only backward of [`conv3x3_input_grad`].
+struct ConstantWeightConv3x3 {
+    w: Tensor,
+}
+
+impl CustomOp1 for ConstantWeightConv3x3 {
+    fn name(&self) -> &'static str {
+        "conv3x3-constant-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("conv3x3 expects f32 input");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("conv3x3 expects a contiguous input");
+        };
+        let x = Tensor::from_slice(&data[start..end], layout.shape(), &candle_core::Device::Cpu)?;
+        let y = conv3x3(&x, &self.w)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (n, c, h, w) = arg.dims4()?;
+        let out = self.w.dim(0)?;
+        let dy = grad_res
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((out, n * h * w))?;
+        let cols = self.w.reshape((out, c * 9))?.t()?.matmul(&dy)?;
+        let grad = cols
+            .contiguous()?
+            .apply_op1_no_bwd(&Col2Im3x3 { n, c, h, w })?;
+        Ok(Some(grad))
+    }
+}
+
 /// Unrolls `[N, C, H, W]` into `[C*9, N*H*W]`: row `c*9 + ky*3 + kx` holds, for every output pixel,
 /// the input at offset `(ky-1, kx-1)` (zero outside the image).
 struct Im2Col3x3;
@@ -222,6 +282,27 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
+        let constant = conv3x3_input_grad(x.as_tensor(), k.as_tensor()).unwrap();
+        let gc = constant
+            .mul(&g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(gc.get(k.as_tensor()).is_none(), "no weight gradient");
+        let d = gc
+            .get(x.as_tensor())
+            .unwrap()
+            .sub(gr.get(x.as_tensor()).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "input gradient difference {d}");
         for v in [&x, &k] {
             let d = go
                 .get(v.as_tensor())

@@ -534,8 +534,11 @@ impl SnnModel {
                 Drive::EveryStep
             };
             let w = self.blocks[l].weight.as_tensor();
-            let w = if weight_grads { w.clone() } else { w.detach() };
-            let y = crate::conv::conv3x3_graph(&x, &w)?;
+            let y = if weight_grads {
+                crate::conv::conv3x3_graph(&x, w)?
+            } else {
+                crate::conv::conv3x3_input_grad(&x, w)?
+            };
             let s = if train {
                 self.lif.forward(&self.bn_train(l, &y)?, drive)?
             } else if weight_grads {
