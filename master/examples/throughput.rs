@@ -3,7 +3,7 @@
 //! and how long lease calls take.
 //!
 //! ```text
-//! cargo run --release -p ccsrp-master --example throughput -- [workers=256] [max_tasks=4] [shards=1024] [layers=6] [generations=4]
+//! cargo run --release -p ccsrp-master --example throughput -- [workers=256] [max_tasks=16] [shards=1024] [layers=6] [generations=4]
 //! ```
 //! Prints one JSON object: results/s, candidate counts/s, lease latency p50/p99 (ms).
 
@@ -205,7 +205,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workers = arg(1, 256);
-    let max_tasks = arg(2, 4);
+    let max_tasks = arg(2, 16);
     let shards = arg(3, 1024);
     let layers = arg(4, 6);
     let generations = arg(5, 4);
