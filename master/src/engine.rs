@@ -112,6 +112,13 @@ struct OpenItem {
     handed_out: bool,
 }
 
+impl OpenItem {
+    /// A candidate evaluation (the items a generation waits for).
+    fn is_evaluation(&self) -> bool {
+        matches!(self.item.kind, WorkKind::EvaluateCandidates { .. })
+    }
+}
+
 /// Bookkeeping of items: open ones in creation order, and a digest of every accepted result (for
 /// idempotence; a digest instead of the result keeps checkpoints small over long jobs).
 ///
@@ -192,7 +199,7 @@ impl Ledger {
         if !open.handed_out {
             self.not_handed_out.insert(seq);
         }
-        if matches!(open.item.kind, WorkKind::EvaluateCandidates { .. }) {
+        if open.is_evaluation() {
             self.open_evaluations += 1;
         }
         self.by_id.insert(open.item.id.clone(), seq);
@@ -207,7 +214,7 @@ impl Ledger {
         let seq = self.by_id.remove(id)?;
         self.not_handed_out.remove(&seq);
         let open = self.open.remove(&seq)?;
-        if matches!(open.item.kind, WorkKind::EvaluateCandidates { .. }) {
+        if open.is_evaluation() {
             self.open_evaluations -= 1;
         }
         Some(open)

@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_buffer::contiguous_f32;
+
 /// Per-channel mean and biased variance of the last batch a [`batch_norm_train`] call saw.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchStats {
@@ -105,16 +107,6 @@ struct BatchNormTrain {
     stats: Arc<Mutex<Option<BatchStats>>>,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(d) = s else {
-        candle_core::bail!("batch norm: {what} must be f32");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("batch norm: {what} must be contiguous");
-    };
-    Ok(&d[a..b])
-}
-
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
         "batch-norm-train"
@@ -129,9 +121,9 @@ impl CustomOp3 for BatchNormTrain {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(xs, xl, "input")?;
-        let gamma = f32_slice(gs, gl, "weight")?;
-        let beta = f32_slice(bs, bl, "bias")?;
+        let x = contiguous_f32(xs, xl, "batch norm input")?;
+        let gamma = contiguous_f32(gs, gl, "batch norm weight")?;
+        let beta = contiguous_f32(bs, bl, "batch norm bias")?;
         let (n, c, inner) = split_dims(xl.dims())?;
         if gamma.len() != c || beta.len() != c {
             candle_core::bail!(
@@ -210,9 +202,9 @@ impl CustomOp3 for BatchNormBackward {
         dys: &CpuStorage,
         dyl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(xs, xl, "input")?;
-        let gamma = f32_slice(gs, gl, "weight")?;
-        let dy = f32_slice(dys, dyl, "output gradient")?;
+        let x = contiguous_f32(xs, xl, "batch norm input")?;
+        let gamma = contiguous_f32(gs, gl, "batch norm weight")?;
+        let dy = contiguous_f32(dys, dyl, "batch norm output gradient")?;
         let (n, c, inner) = split_dims(xl.dims())?;
         if dy.len() != x.len() || gamma.len() != c {
             candle_core::bail!("batch norm backward: mismatched shapes");

@@ -2,36 +2,49 @@
 //!
 //! On the CPU, candle's direct convolution is an order of magnitude slower than im2col + one large
 //! matrix multiply (candle's gemm is blocked and multi-threaded), so both passes unroll the
-//! input into columns `[C*9, N*H*W]` and multiply `[out, C*9]` by them; the backward of the unrolling is its adjoint (col2im). Other devices use candle's
+//! input into columns `[C*9, N*H*W]` and multiply `[out, C*9]` by them; the backward of the
+//! unrolling is its adjoint (col2im). Other devices use candle's
 //! `conv2d` (cuDNN/CUDA kernels). Results equal `conv2d` up to float summation order.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_buffer::contiguous_f32;
+
 /// `conv2d(x, w, padding 1, stride 1)` for `x` `[N, C, H, W]` and `w` `[out, C, 3, 3]`, no graph.
 pub(crate) fn conv3x3(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, c, h, wd) = x.dims4()?;
-    let (out, cin, kh, kw) = w.dims4()?;
-    if !x.device().is_cpu() || (cin, kh, kw) != (c, 3, 3) {
+    if !im2col_applies(x, w)? {
         return x.conv2d(w, 1, 1, 1, 1);
     }
-    let cols = x.contiguous()?.apply_op1_no_bwd(&Im2Col3x3)?;
-    let y = w.reshape((out, c * 9))?.matmul(&cols)?;
-    y.reshape((out, n, h * wd))?
-        .transpose(0, 1)?
-        .contiguous()?
-        .reshape((n, out, h, wd))
+    im2col_conv(x, w, false)
 }
 
 /// `conv2d(x, w, padding 1, stride 1)` with an autograd graph: im2col (whose backward is col2im)
 /// and a matrix multiply, so backward passes also run on gemm.
 pub(crate) fn conv3x3_graph(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, c, h, wd) = x.dims4()?;
-    let (out, cin, kh, kw) = w.dims4()?;
-    if !x.device().is_cpu() || (cin, kh, kw) != (c, 3, 3) {
+    if !im2col_applies(x, w)? {
         return x.conv2d(w, 1, 1, 1, 1);
     }
-    let cols = x.contiguous()?.apply_op1(Im2Col3x3)?;
+    im2col_conv(x, w, true)
+}
+
+/// Whether the im2col path serves `x` and `w`: a CPU tensor and a 3x3 kernel over its channels.
+fn im2col_applies(x: &Tensor, w: &Tensor) -> candle_core::Result<bool> {
+    let (_, c, _, _) = x.dims4()?;
+    let (_, cin, kh, kw) = w.dims4()?;
+    Ok(x.device().is_cpu() && (cin, kh, kw) == (c, 3, 3))
+}
+
+/// im2col + one gemm; `graph` records the unrolling for autograd (its backward is col2im).
+fn im2col_conv(x: &Tensor, w: &Tensor, graph: bool) -> candle_core::Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let out = w.dim(0)?;
+    let x = x.contiguous()?;
+    let cols = if graph {
+        x.apply_op1(Im2Col3x3)?
+    } else {
+        x.apply_op1_no_bwd(&Im2Col3x3)?
+    };
     let y = w.reshape((out, c * 9))?.matmul(&cols)?;
     y.reshape((out, n, h * wd))?
         .transpose(0, 1)?
@@ -43,9 +56,7 @@ pub(crate) fn conv3x3_graph(x: &Tensor, w: &Tensor) -> candle_core::Result<Tenso
 /// attacks: the backward pass is `col2im(wᵀ · dy)`. (Through [`conv3x3_graph`], candle's matmul
 /// backward would also compute the weight gradient, a second gemm as large as the forward one.)
 pub(crate) fn conv3x3_input_grad(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let (_, c, _, _) = x.dims4()?;
-    let (_, cin, kh, kw) = w.dims4()?;
-    if !x.device().is_cpu() || (cin, kh, kw) != (c, 3, 3) {
+    if !im2col_applies(x, w)? {
         return x.conv2d(&w.detach(), 1, 1, 1, 1);
     }
     x.contiguous()?
@@ -67,13 +78,8 @@ impl CustomOp1 for ConstantWeightConv3x3 {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("conv3x3 expects f32 input");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("conv3x3 expects a contiguous input");
-        };
-        let x = Tensor::from_slice(&data[start..end], layout.shape(), &candle_core::Device::Cpu)?;
+        let data = contiguous_f32(storage, layout, "conv3x3 input")?;
+        let x = Tensor::from_slice(data, layout.shape(), &candle_core::Device::Cpu)?;
         let y = conv3x3(&x, &self.w)?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
@@ -113,14 +119,8 @@ impl CustomOp1 for Im2Col3x3 {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("im2col expects f32 input");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("im2col expects a contiguous input");
-        };
+        let x = contiguous_f32(storage, layout, "im2col input")?;
         let (n, c, h, w) = layout.shape().dims4()?;
-        let x = &data[start..end];
         let plane = h * w;
         let m = n * plane;
         let mut cols = vec![0f32; c * 9 * m];
@@ -182,19 +182,13 @@ impl CustomOp1 for Col2Im3x3 {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("col2im expects f32 input");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("col2im expects a contiguous input");
-        };
+        let cols = contiguous_f32(storage, layout, "col2im input")?;
         let Col2Im3x3 { n, c, h, w } = *self;
         let plane = h * w;
         let m = n * plane;
-        if end - start != c * 9 * m {
-            candle_core::bail!("col2im: {} values for {c}x9 rows of {m}", end - start);
+        if cols.len() != c * 9 * m {
+            candle_core::bail!("col2im: {} values for {c}x9 rows of {m}", cols.len());
         }
-        let cols = &data[start..end];
         let mut x = vec![0f32; n * c * plane];
         // Images are disjoint: one parallel work item per image (the sum order per pixel is fixed).
         x.par_chunks_mut((c * plane).max(1))

@@ -21,6 +21,7 @@ pub mod attack;
 pub mod augment;
 pub mod batch_norm;
 mod conv;
+mod cpu_buffer;
 pub mod data;
 pub mod device;
 pub mod eval;

@@ -22,6 +22,8 @@
 //! `[B, ...]` current at every step (direct encoding of the first layer).
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+
+use crate::cpu_buffer::contiguous_f32;
 use serde::{Deserialize, Serialize};
 
 /// Surrogate gradient of the spike function.
@@ -124,6 +126,14 @@ pub struct ChannelAffine {
 }
 
 impl ChannelAffine {
+    /// The same affine with its tensors detached from any autograd graph.
+    pub fn detached(&self) -> ChannelAffine {
+        ChannelAffine {
+            scale: self.scale.detach(),
+            shift: self.shift.detach(),
+        }
+    }
+
     /// Applies the affine with tensor ops (differentiable), in the same f32 order as the fused loop:
     /// `x * scale` then `+ shift`.
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -171,12 +181,7 @@ impl Lif {
     /// reverse loop (the potentials are recomputed from the current), with exactly the gradient of
     /// the tensor-op graph. Elsewhere the tensor-op graph itself.
     pub fn forward(&self, current: &Tensor, drive: Drive) -> candle_core::Result<Tensor> {
-        if current.device().is_cpu() && current.dtype() == DType::F32 {
-            let kernel = FusedLif {
-                lif: *self,
-                drive,
-                affine: None,
-            };
+        if let Some(kernel) = self.fused(current, drive, None)? {
             return current.contiguous()?.apply_op1(kernel);
         }
         self.tensor_path(current, drive, true)
@@ -190,22 +195,10 @@ impl Lif {
         drive: Drive,
         affine: &ChannelAffine,
     ) -> candle_core::Result<Tensor> {
-        if current.device().is_cpu() && current.dtype() == DType::F32 {
-            let kernel = FusedLif {
-                lif: *self,
-                drive,
-                affine: Some((
-                    affine.scale.detach().to_vec1::<f32>()?,
-                    affine.shift.detach().to_vec1::<f32>()?,
-                )),
-            };
+        if let Some(kernel) = self.fused(current, drive, Some(affine))? {
             return current.contiguous()?.apply_op1(kernel);
         }
-        let a = ChannelAffine {
-            scale: affine.scale.detach(),
-            shift: affine.shift.detach(),
-        };
-        self.tensor_path(&a.apply(current)?, drive, true)
+        self.tensor_path(&affine.detached().apply(current)?, drive, true)
     }
 
     /// The differentiable neuron loop as plain tensor ops (every backend; the reference the fused
@@ -228,33 +221,39 @@ impl Lif {
         affine: Option<&ChannelAffine>,
     ) -> candle_core::Result<Tensor> {
         let current = current.detach();
-        if current.device().is_cpu() && current.dtype() == DType::F32 {
-            let affine = match affine {
-                Some(a) => Some((
-                    a.scale.detach().to_vec1::<f32>()?,
-                    a.shift.detach().to_vec1::<f32>()?,
-                )),
-                None => None,
-            };
-            let kernel = FusedLif {
-                lif: *self,
-                drive,
-                affine,
-            };
-            let current = current.contiguous()?;
-            return current.apply_op1_no_bwd(&kernel);
+        if let Some(kernel) = self.fused(&current, drive, affine)? {
+            return current.contiguous()?.apply_op1_no_bwd(&kernel);
         }
         let current = match affine {
-            Some(a) => {
-                let a = ChannelAffine {
-                    scale: a.scale.detach(),
-                    shift: a.shift.detach(),
-                };
-                a.apply(&current)?
-            }
+            Some(a) => a.detached().apply(&current)?,
             None => current,
         };
         self.tensor_path(&current, drive, false)
+    }
+
+    /// The fused CPU kernel for `current` (with `affine` in front), when it applies: a CPU f32
+    /// tensor.
+    fn fused(
+        &self,
+        current: &Tensor,
+        drive: Drive,
+        affine: Option<&ChannelAffine>,
+    ) -> candle_core::Result<Option<FusedLif>> {
+        if !(current.device().is_cpu() && current.dtype() == DType::F32) {
+            return Ok(None);
+        }
+        let affine = match affine {
+            Some(a) => Some((
+                a.scale.detach().to_vec1::<f32>()?,
+                a.shift.detach().to_vec1::<f32>()?,
+            )),
+            None => None,
+        };
+        Ok(Some(FusedLif {
+            lif: *self,
+            drive,
+            affine,
+        }))
     }
 
     fn step_rows(&self, current: &Tensor, drive: Drive) -> candle_core::Result<usize> {
@@ -343,28 +342,8 @@ impl FusedLif {
         let rows = self.lif.step_rows_from(dims[0], self.drive)?;
         let per_row: usize = dims[1..].iter().product();
         let m = rows * per_row;
-        let (channels, spatial) = match &self.affine {
-            Some((scale, shift)) => {
-                let c = *dims.get(1).unwrap_or(&0);
-                if scale.len() != c || shift.len() != c {
-                    candle_core::bail!(
-                        "channel affine has {} scales and {} shifts for {c} channels",
-                        scale.len(),
-                        shift.len()
-                    );
-                }
-                (c, per_row / c.max(1))
-            }
-            None => (1, per_row),
-        };
-        let p = &self.lif.params;
-        let consts = Consts {
-            v_reset: p.v_reset as f32,
-            v_threshold: p.v_threshold as f32,
-            inv_tau: (1.0 / p.tau) as f32,
-            nonzero_reset: p.v_reset != 0.0,
-            decay_input: p.decay_input,
-        };
+        let (channels, spatial) = channel_blocks(dims, per_row, &self.affine)?;
+        let consts = Consts::of(&self.lif.params);
         let (drive, affine) = (self.drive, &self.affine);
         let block = spatial.max(1);
         let per_chunk = block * (NEURON_CHUNK / block).max(1);
@@ -442,6 +421,29 @@ impl Lif {
     }
 }
 
+/// `(channels, values per channel block)` of a `[rows, C, ...]` tensor under `affine`, checking
+/// the affine has one scale and shift per channel; without an affine one block per row.
+fn channel_blocks(
+    dims: &[usize],
+    per_row: usize,
+    affine: &Option<(Vec<f32>, Vec<f32>)>,
+) -> candle_core::Result<(usize, usize)> {
+    match affine {
+        Some((scale, shift)) => {
+            let c = dims.get(1).copied().unwrap_or(0);
+            if scale.len() != c || shift.len() != c {
+                candle_core::bail!(
+                    "channel affine has {} scales and {} shifts for {c} channels",
+                    scale.len(),
+                    shift.len()
+                );
+            }
+            Ok((c, per_row / c.max(1)))
+        }
+        None => Ok((1, per_row)),
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Consts {
     v_reset: f32,
@@ -452,39 +454,54 @@ struct Consts {
 }
 
 impl Consts {
-    /// One step for a run of neurons: the exact f32 operations of the tensor path.
-    #[inline(always)]
-    fn steps(&self, xs: &[f32], vs: &mut [f32], os: &mut [f32], current: impl Fn(f32) -> f32) {
-        let (vr, vth, k) = (self.v_reset, self.v_threshold, self.inv_tau);
-        for ((&x, v), o) in xs.iter().zip(vs.iter_mut()).zip(os.iter_mut()) {
-            let x = current(x);
-            let leak = if self.nonzero_reset { *v - vr } else { *v };
-            let h = if self.decay_input {
-                *v + ((x - leak) * k + 0.0)
-            } else {
-                (*v - (leak * k + 0.0)) + x
-            };
-            let fired = h >= vth;
-            *o = if fired { 1.0 } else { 0.0 };
-            *v = if fired { vr } else { h };
+    fn of(p: &LifParams) -> Consts {
+        Consts {
+            v_reset: p.v_reset as f32,
+            v_threshold: p.v_threshold as f32,
+            inv_tau: (1.0 / p.tau) as f32,
+            nonzero_reset: p.v_reset != 0.0,
+            decay_input: p.decay_input,
         }
     }
-}
 
-impl Consts {
-    /// One step's potentials `h` (before the spike), advancing `vs` past the reset.
+    /// The potential `h` after charging `v` with `x`: the exact f32 operations of the tensor path.
+    #[inline(always)]
+    fn charge(&self, v: f32, x: f32) -> f32 {
+        let k = self.inv_tau;
+        let leak = if self.nonzero_reset {
+            v - self.v_reset
+        } else {
+            v
+        };
+        if self.decay_input {
+            v + ((x - leak) * k + 0.0)
+        } else {
+            (v - (leak * k + 0.0)) + x
+        }
+    }
+
+    /// One step for a run of neurons: spikes into `os`, `vs` advanced past the reset.
+    #[inline(always)]
+    fn steps(&self, xs: &[f32], vs: &mut [f32], os: &mut [f32], current: impl Fn(f32) -> f32) {
+        for ((&x, v), o) in xs.iter().zip(vs.iter_mut()).zip(os.iter_mut()) {
+            let h = self.charge(*v, current(x));
+            let fired = h >= self.v_threshold;
+            *o = if fired { 1.0 } else { 0.0 };
+            *v = if fired { self.v_reset } else { h };
+        }
+    }
+
+    /// One step's potentials `h` (before the spike) into `hs`, `vs` advanced past the reset.
     #[inline(always)]
     fn potentials(&self, xs: &[f32], vs: &mut [f32], hs: &mut [f32]) {
-        let (vr, vth, k) = (self.v_reset, self.v_threshold, self.inv_tau);
         for ((&x, v), ho) in xs.iter().zip(vs.iter_mut()).zip(hs.iter_mut()) {
-            let leak = if self.nonzero_reset { *v - vr } else { *v };
-            let h = if self.decay_input {
-                *v + ((x - leak) * k + 0.0)
-            } else {
-                (*v - (leak * k + 0.0)) + x
-            };
+            let h = self.charge(*v, x);
             *ho = h;
-            *v = if h >= vth { vr } else { h };
+            *v = if h >= self.v_threshold {
+                self.v_reset
+            } else {
+                h
+            };
         }
     }
 }
@@ -499,17 +516,8 @@ impl CustomOp1 for FusedLif {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let data = match storage {
-            CpuStorage::F32(d) => d,
-            other => candle_core::bail!(
-                "fused LIF expects f32, got {:?}",
-                candle_core::backend::BackendStorage::dtype(other)
-            ),
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("fused LIF expects a contiguous input");
-        };
-        let (out, dims) = self.run(&data[start..end], layout.dims())?;
+        let data = contiguous_f32(storage, layout, "fused LIF input")?;
+        let (out, dims) = self.run(data, layout.dims())?;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
@@ -557,41 +565,28 @@ impl LifBackward {
         }
         // The current the neurons see (after the affine, when there is one).
         let affined;
+        let (c, spatial) = channel_blocks(dims, per_row, &self.affine)?;
+        let spatial = spatial.max(1);
         let (x, channel_scale) = match &self.affine {
             Some((scale, shift)) => {
-                let c = dims.get(1).copied().unwrap_or(0);
-                if scale.len() != c || shift.len() != c || c == 0 {
-                    candle_core::bail!(
-                        "channel affine has {} scales and {} shifts for {c} channels",
-                        scale.len(),
-                        shift.len()
-                    );
-                }
-                let spatial = per_row / c;
                 let mut cur = x.to_vec();
                 for (block, xs) in cur.chunks_exact_mut(spatial).enumerate() {
                     let (a, b) = (scale[block % c], shift[block % c]);
                     xs.iter_mut().for_each(|x| *x = *x * a + b);
                 }
                 affined = cur;
-                (&affined[..], Some((scale, spatial)))
+                (&affined[..], Some(scale))
             }
             None => (x, None),
         };
         let p = &self.lif.params;
-        let (vr, vth) = (p.v_reset as f32, p.v_threshold as f32);
-        let k = (1.0 / p.tau) as f32;
-        let consts = Consts {
-            v_reset: vr,
-            v_threshold: vth,
-            inv_tau: k,
-            nonzero_reset: p.v_reset != 0.0,
-            decay_input: p.decay_input,
-        };
+        let consts = Consts::of(p);
+        let (vr, vth, k) = (consts.v_reset, consts.v_threshold, consts.inv_tau);
         let surrogate = Surrogate::new(p);
         let dh_dx = if p.decay_input { k } else { 1.0 };
         let dv_dvprev = 1.0 - k;
         let drive = self.drive;
+        let steps_out = if drive == Drive::Constant { 1 } else { t_steps };
         // Neurons are independent: chunks of them run in parallel, each with its own potentials.
         // Per neuron the arithmetic and its order are fixed, so the result is thread-count free.
         let chunk = |lo: usize, hi: usize| -> Vec<f32> {
@@ -606,7 +601,6 @@ impl LifBackward {
             for t in 0..t_steps {
                 consts.potentials(step_x(t), &mut v, &mut hs[t * len..(t + 1) * len]);
             }
-            let steps_out = if drive == Drive::Constant { 1 } else { t_steps };
             let mut gx = vec![0f32; steps_out * len];
             let grad_v = &mut v;
             grad_v.iter_mut().for_each(|g| *g = 0.0);
@@ -632,10 +626,8 @@ impl LifBackward {
             }
             gx
         };
-        let steps_out = if drive == Drive::Constant { 1 } else { t_steps };
         let mut grad_x = par_neuron_chunks(m, steps_out, NEURON_CHUNK, chunk);
-        if let Some((scale, spatial)) = channel_scale {
-            let c = scale.len();
+        if let Some(scale) = channel_scale {
             for (block, gs) in grad_x.chunks_exact_mut(spatial).enumerate() {
                 let a = scale[block % c];
                 gs.iter_mut().for_each(|g| *g *= a);
@@ -657,16 +649,9 @@ impl candle_core::CustomOp2 for LifBackward {
         grad: &CpuStorage,
         grad_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(grad)) = (x, grad) else {
-            candle_core::bail!("fused LIF backward expects f32 tensors");
-        };
-        let (Some((xs, xe)), Some((gs, ge))) = (
-            x_layout.contiguous_offsets(),
-            grad_layout.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("fused LIF backward expects contiguous tensors");
-        };
-        let out = self.run(&x[xs..xe], &grad[gs..ge], x_layout.dims())?;
+        let x = contiguous_f32(x, x_layout, "fused LIF backward input")?;
+        let grad = contiguous_f32(grad, grad_layout, "fused LIF backward gradient")?;
+        let out = self.run(x, grad, x_layout.dims())?;
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }
