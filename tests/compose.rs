@@ -47,6 +47,7 @@ seed = 7
 [data]
 kind = "synthetic"
 eval_size = 64
+val_size = 64
 eval_shards = 4
 train_limit = 256
 test_limit = 64

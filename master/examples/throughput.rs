@@ -95,6 +95,12 @@ fn answer(t: &v1::Task, worker: &str, eval: u32, shards: u32, artifact: &str) ->
                 clean: 900,
                 fgsm: 600,
                 pgd: 500,
+                validation: Some(v1::SplitCounts {
+                    samples: 1000,
+                    clean: 900,
+                    fgsm: 600,
+                    pgd: 500,
+                }),
             })
         }
         Some(task::Kind::FineTune(_)) => task_result::Outcome::FineTuned(v1::FineTunedResult {

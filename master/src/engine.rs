@@ -7,6 +7,10 @@
 //!                 ─> EvaluateTest ─> stop rule (needs the baseline) ─> iteration k+1 | done
 //! ```
 //!
+//! `EvaluateTest` measures a network on the validation split and on the test split; the stop rule
+//! (the only decision taken between iterations) reads the validation counts alone, so the test
+//! split cannot change the trajectory or the answer.
+//!
 //! [`Engine::ask`] hands out the items that became ready; [`Engine::tell`] folds in one result,
 //! in any order. A step advances only when every item it waits for has been answered, and each
 //! random decision draws from its own seeded stream ([`crate::rng`]), so the trajectory is the same
@@ -34,8 +38,8 @@ use crate::splice::{self, DescriptionError, Network};
 use crate::subpopulation::{context_digest, Member, Subpopulation};
 use crate::variation;
 use crate::work::{
-    ArtifactRef, CandidateCount, CandidateId, ModelRef, TestMetrics, Told, WorkId, WorkItem,
-    WorkKind, WorkOutput, WorkResult,
+    ArtifactRef, CandidateCount, CandidateId, HeldOutMetrics, ModelRef, TestMetrics, Told, WorkId,
+    WorkItem, WorkKind, WorkOutput, WorkResult,
 };
 
 /// Where the dense model comes from.
@@ -258,7 +262,7 @@ enum Stage {
     AwaitingBaseline {
         masks: Vec<Mask>,
         model: ModelRef,
-        metrics: TestMetrics,
+        metrics: HeldOutMetrics,
     },
 }
 
@@ -286,7 +290,7 @@ pub struct Engine {
     ledger: Ledger,
     next_candidate: u64,
     dense: Option<Network>,
-    baseline: Option<TestMetrics>,
+    baseline: Option<HeldOutMetrics>,
     /// The last network within the stop limits.
     accepted: Option<Network>,
     best: Option<NetworkRecord>,
@@ -515,13 +519,23 @@ impl Engine {
                 splice::validate_description(description)
                     .map_err(|e| invalid(&format!("description.{}", e.field), e.value, e.expected))
             }
-            (WorkKind::EvaluateTest { .. }, WorkOutput::TestMetrics(m)) => {
-                if m.samples == 0 {
-                    return Err(invalid("samples", "0".into(), "a value >= 1".into()));
+            (WorkKind::EvaluateTest { .. }, WorkOutput::TestMetrics(held_out)) => {
+                for (split, m) in [
+                    ("validation", &held_out.validation),
+                    ("test", &held_out.test),
+                ] {
+                    if m.samples == 0 {
+                        return Err(invalid(
+                            &format!("{split}.samples"),
+                            "0".into(),
+                            "a value >= 1".into(),
+                        ));
+                    }
+                    at_most(&format!("{split}.clean"), m.clean, m.samples)?;
+                    at_most(&format!("{split}.fgsm"), m.fgsm, m.samples)?;
+                    at_most(&format!("{split}.pgd"), m.pgd, m.samples)?;
                 }
-                at_most("clean", m.clean, m.samples)?;
-                at_most("fgsm", m.fgsm, m.samples)?;
-                at_most("pgd", m.pgd, m.samples)
+                Ok(())
             }
             (
                 WorkKind::BuildAdversarialShard { shard, .. },
@@ -1005,7 +1019,7 @@ impl Engine {
         it.stage = Stage::Testing { masks, model };
     }
 
-    fn on_test(&mut self, metrics: TestMetrics) {
+    fn on_test(&mut self, metrics: HeldOutMetrics) {
         let Some(it) = &mut self.iteration else {
             return;
         };
@@ -1020,7 +1034,7 @@ impl Engine {
         self.conclude_iteration();
     }
 
-    fn on_baseline(&mut self, metrics: TestMetrics) {
+    fn on_baseline(&mut self, metrics: HeldOutMetrics) {
         self.baseline = Some(metrics);
         if self.best.is_none() {
             self.best = self
@@ -1031,13 +1045,17 @@ impl Engine {
         self.conclude_iteration();
     }
 
-    fn network_record(&self, iteration: u32, n: &Network, test: TestMetrics) -> NetworkRecord {
-        let (clean_drop, robust_drop) = match &self.baseline {
-            Some(b) => (
-                b.clean_percent() - test.clean_percent(),
-                b.robust_percent() - test.robust_percent(),
-            ),
-            None => (0.0, 0.0),
+    fn network_record(&self, iteration: u32, n: &Network, m: HeldOutMetrics) -> NetworkRecord {
+        let drops = |base: &TestMetrics, now: &TestMetrics| {
+            (
+                base.clean_percent() - now.clean_percent(),
+                base.robust_percent() - now.robust_percent(),
+            )
+        };
+        let ((clean_drop, robust_drop), (test_clean_drop, test_robust_drop)) = match &self.baseline
+        {
+            Some(b) => (drops(&b.validation, &m.validation), drops(&b.test, &m.test)),
+            None => ((0.0, 0.0), (0.0, 0.0)),
         };
         NetworkRecord {
             iteration,
@@ -1045,13 +1063,17 @@ impl Engine {
             description: n.description.clone(),
             kept_filters: n.kept_filters.clone(),
             macs: n.macs(),
-            test,
+            validation: m.validation,
+            test: m.test,
             clean_drop,
             robust_drop,
+            test_clean_drop,
+            test_robust_drop,
         }
     }
 
-    /// Applies the stop rule once both the iteration's test and the baseline are known.
+    /// Applies the stop rule once both the iteration's evaluation and the baseline are known. It
+    /// reads the validation drops only.
     fn conclude_iteration(&mut self) {
         if self.baseline.is_none() {
             return;

@@ -112,6 +112,10 @@ pub struct DataSection {
     pub eval_size: u32,
     /// Shards the eval split is cut into: the unit of one evaluation task. Default 4.
     pub eval_shards: u32,
+    /// Images held out of the training split, after the eval split, for validation: the stop rule
+    /// (and every other decision between iterations) reads them, never the test split. Default
+    /// 1,000 (one percentage point = 10 images).
+    pub val_size: u32,
     /// Cap on the training split, 0 = all. Default 0.
     pub train_limit: u32,
     /// Cap on the test split, 0 = all. Default 0.
@@ -125,6 +129,7 @@ impl Default for DataSection {
             data_dir: String::new(),
             eval_size: 512,
             eval_shards: 4,
+            val_size: 1_000,
             train_limit: 0,
             test_limit: 0,
         }
@@ -256,6 +261,13 @@ impl JobConfig {
                 "data.eval_shards",
                 d.eval_shards,
                 &format!("1 <= value <= data.eval_size ({})", d.eval_size),
+            ));
+        }
+        if d.val_size == 0 {
+            return Err(invalid(
+                "data.val_size",
+                d.val_size,
+                "value >= 1: the stop rule reads the validation split",
             ));
         }
         let r = &self.runtime;

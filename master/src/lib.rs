@@ -60,6 +60,6 @@ pub use history::{History, LayerFront};
 pub use outcome::Outcome;
 pub use progress::{Phase, Progress};
 pub use work::{
-    ArtifactRef, CandidateCount, CandidateId, ModelRef, TestMetrics, Told, WorkId, WorkItem,
-    WorkKind, WorkOutput, WorkResult,
+    ArtifactRef, CandidateCount, CandidateId, HeldOutMetrics, ModelRef, TestMetrics, Told, WorkId,
+    WorkItem, WorkKind, WorkOutput, WorkResult,
 };

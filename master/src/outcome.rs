@@ -15,10 +15,17 @@ pub struct NetworkRecord {
     /// Per layer: indices of the dense model's filters this network keeps, ascending.
     pub kept_filters: Vec<Vec<u32>>,
     pub macs: u64,
+    /// Counts on the validation split: what the stop rule reads.
+    pub validation: TestMetrics,
+    /// Counts on the test split: recorded, never read by a decision.
     pub test: TestMetrics,
-    /// Test accuracy drops versus the dense model, in percentage points (0 for the dense model).
+    /// Validation accuracy drops versus the dense model, in percentage points (0 for the dense
+    /// model): the stop rule compares these with its limits.
     pub clean_drop: f64,
     pub robust_drop: f64,
+    /// Test accuracy drops versus the dense model, in percentage points: for the record.
+    pub test_clean_drop: f64,
+    pub test_robust_drop: f64,
 }
 
 /// One finished outer iteration.
@@ -27,7 +34,7 @@ pub struct IterationRecord {
     /// The representatives the network was spliced by (over the previous network's filters).
     pub masks: Vec<Mask>,
     pub network: NetworkRecord,
-    /// Whether the network stayed within the stop limits.
+    /// Whether the network's validation drops stayed within the stop limits.
     pub within_limits: bool,
 }
 
@@ -44,7 +51,7 @@ pub enum StopReason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub reason: StopReason,
-    /// The dense model with its test metrics.
+    /// The dense model with its validation and test metrics.
     pub dense: NetworkRecord,
     /// The last network within the limits (the dense model if the first iteration exceeded them).
     pub answer: NetworkRecord,

@@ -1,9 +1,13 @@
 //! The job's results, written to the out dir when it ends:
 //! - `model.safetensors`: the answer network (a copy of its artifact, loadable by `ccsrp eval`);
-//! - `iterations.json`: every outer iteration's network (test counts, MACs, kept filters, masks);
+//! - `iterations.json`: every outer iteration's network (validation and test counts, MACs, kept
+//!   filters, masks);
 //! - `fronts.json` / `fronts.csv`: each layer's first front after the last generation of every
 //!   iteration (fitness counts, MACs, kept filters, the representative marked);
-//! - `summary.json`: dense versus pruned (clean, FGSM, PGD accuracy, MACs, parameters, kept filters);
+//! - `summary.json` ([`Summary`]): dense versus pruned (validation and test clean, FGSM, PGD
+//!   accuracy, MACs, parameters, kept filters), the fine-tuning recipe and epochs the answer cost,
+//!   and the data splits: what `ccsrp prune` reads to run a baseline at equal cost, and writes in
+//!   the same shape;
 //! - `checkpoint.json`: the final job state.
 
 use std::fmt::Write as _;
@@ -11,7 +15,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use serde::Deserialize;
+
 use crate::artifact_store::{write_atomic, StoreError};
+use crate::config::{FineTuneParams, TestAttackParams};
 use crate::job::Job;
 use crate::outcome::{NetworkRecord, StopReason};
 use crate::Engine;
@@ -27,17 +34,69 @@ pub enum ResultsError {
     NotDone,
 }
 
-#[derive(Serialize)]
-struct NetworkSummary {
-    iteration: u32,
-    model: String,
-    test_samples: u64,
-    clean_accuracy: f64,
-    fgsm_accuracy: f64,
-    pgd_accuracy: f64,
-    macs: u64,
-    parameters: u64,
-    kept_filters: Vec<u32>,
+/// One network in `summary.json`. Accuracies are percentages; `val_*` are the validation split's
+/// (what the stop rule read), the unprefixed ones the test split's (for the record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSummary {
+    /// 0 for the dense network; a baseline's pruned network has 1.
+    pub iteration: u32,
+    /// sha256 of the model file's bytes.
+    pub model: String,
+    pub val_samples: u64,
+    pub val_clean_accuracy: f64,
+    pub val_fgsm_accuracy: f64,
+    pub val_pgd_accuracy: f64,
+    pub test_samples: u64,
+    pub clean_accuracy: f64,
+    pub fgsm_accuracy: f64,
+    pub pgd_accuracy: f64,
+    pub macs: u64,
+    pub parameters: u64,
+    /// Filters kept per prunable layer.
+    pub kept_filters: Vec<u32>,
+}
+
+/// The data a result was measured on: enough to cut the same splits again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSummary {
+    pub kind: String,
+    pub data_dir: String,
+    pub seed: u64,
+    pub eval_size: u32,
+    pub val_size: u32,
+    /// 0 = every image.
+    pub train_limit: u32,
+    /// 0 = every image.
+    pub test_limit: u32,
+}
+
+/// `summary.json`: what a job (or a `ccsrp prune` baseline) produced, dense against pruned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// "ccsrp" for a job; the criterion ("l1", "random") for a `ccsrp prune` baseline.
+    pub method: String,
+    /// Why the search ended (absent for a baseline).
+    pub stop_reason: Option<StopReason>,
+    pub dense: NetworkSummary,
+    pub pruned: NetworkSummary,
+    /// Fraction of the dense MACs removed, in [0, 1).
+    pub macs_reduction: f64,
+    /// Outer iterations run (1 for a baseline: one prune, one fine-tuning).
+    pub iterations: usize,
+    /// Validation drops (pruned vs dense, percentage points): what the stop rule compared.
+    pub clean_drop: f64,
+    pub robust_drop: f64,
+    /// Test drops, for the record.
+    pub test_clean_drop: f64,
+    pub test_robust_drop: f64,
+    /// Epochs of fine-tuning the pruned network received in all (for a job: `finetune.epochs` per
+    /// iteration up to the answer's), so a baseline can get the same budget.
+    pub finetune_epochs: u32,
+    /// The fine-tuning recipe (`epochs` is per iteration for a job).
+    pub finetune: FineTuneParams,
+    /// The white-box attacks both networks were tested with.
+    pub test_attack: TestAttackParams,
+    pub data: DataSummary,
 }
 
 fn accuracy(count: u64, samples: u64) -> f64 {
@@ -50,9 +109,14 @@ fn accuracy(count: u64, samples: u64) -> f64 {
 
 fn network_summary(r: &NetworkRecord) -> NetworkSummary {
     let kept: Vec<u32> = r.kept_filters.iter().map(|k| k.len() as u32).collect();
+    let v = &r.validation;
     NetworkSummary {
         iteration: r.iteration,
         model: r.model.0.clone(),
+        val_samples: v.samples,
+        val_clean_accuracy: accuracy(v.clean, v.samples),
+        val_fgsm_accuracy: accuracy(v.fgsm, v.samples),
+        val_pgd_accuracy: accuracy(v.pgd, v.samples),
         test_samples: r.test.samples,
         clean_accuracy: accuracy(r.test.clean, r.test.samples),
         fgsm_accuracy: accuracy(r.test.fgsm, r.test.samples),
@@ -61,15 +125,6 @@ fn network_summary(r: &NetworkRecord) -> NetworkSummary {
         parameters: ccsrp_proto::cost::parameters(&r.description, &kept).unwrap_or(0),
         kept_filters: kept,
     }
-}
-
-#[derive(Serialize)]
-struct Summary {
-    stop_reason: StopReason,
-    dense: NetworkSummary,
-    pruned: NetworkSummary,
-    macs_reduction: f64,
-    iterations: usize,
 }
 
 #[derive(Serialize)]
@@ -169,19 +224,44 @@ pub fn write(job: &Job, dir: &Path, checkpoint: &Path) -> Result<(), ResultsErro
         path: dir.display().to_string(),
         error,
     })?;
-    let (outcome, fronts) = job.with_engine(|e| (e.outcome().cloned(), final_fronts(e)));
+    let (outcome, fronts, config) = job.with_engine(|e| {
+        (
+            e.outcome().cloned(),
+            final_fronts(e),
+            e.spec().config.clone(),
+        )
+    });
     let outcome = outcome.ok_or(ResultsError::NotDone)?;
     let model = job.store().get(&outcome.answer.model.0)?;
     write_atomic(&dir.join("model.safetensors"), &model)?;
     write_atomic(&dir.join("iterations.json"), &json(&outcome.iterations))?;
     write_atomic(&dir.join("fronts.json"), &json(&fronts))?;
     write_atomic(&dir.join("fronts.csv"), fronts_csv(&fronts).as_bytes())?;
+    let d = &job.settings().dataset;
+    let answer = &outcome.answer;
     let summary = Summary {
-        stop_reason: outcome.reason,
+        method: "ccsrp".into(),
+        stop_reason: Some(outcome.reason),
         dense: network_summary(&outcome.dense),
-        pruned: network_summary(&outcome.answer),
+        pruned: network_summary(answer),
         macs_reduction: outcome.macs_reduction(),
         iterations: outcome.iterations.len(),
+        clean_drop: answer.clean_drop,
+        robust_drop: answer.robust_drop,
+        test_clean_drop: answer.test_clean_drop,
+        test_robust_drop: answer.test_robust_drop,
+        finetune_epochs: answer.iteration * config.finetune.epochs,
+        finetune: config.finetune.clone(),
+        test_attack: config.test_attack.clone(),
+        data: DataSummary {
+            kind: d.kind.clone(),
+            data_dir: d.data_dir.clone(),
+            seed: d.seed,
+            eval_size: d.eval_size,
+            val_size: d.val_size,
+            train_limit: d.train_limit,
+            test_limit: d.test_limit,
+        },
     };
     write_atomic(&dir.join("summary.json"), &json(&summary))?;
     let state = std::fs::read(checkpoint).map_err(|error| ResultsError::Io {

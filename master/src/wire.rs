@@ -9,8 +9,8 @@ use ccsrp_proto::v1::{self, task, task_result};
 
 use crate::config::{FineTuneParams, PgdParams, PretrainParams};
 use crate::{
-    ArtifactRef, CandidateCount, CandidateId, ModelRef, TestMetrics, WorkId, WorkItem, WorkKind,
-    WorkOutput, WorkResult,
+    ArtifactRef, CandidateCount, CandidateId, HeldOutMetrics, ModelRef, TestMetrics, WorkId,
+    WorkItem, WorkKind, WorkOutput, WorkResult,
 };
 
 /// A result message that cannot be read as a result.
@@ -28,6 +28,8 @@ pub enum WireError {
     BadCandidateId { task_id: String, value: String },
     #[error("task {task_id}: trained result has no model description")]
     NoDescription { task_id: String },
+    #[error("task {task_id}: test metrics have no validation counts")]
+    NoValidation { task_id: String },
 }
 
 fn attack(p: &PgdParams) -> v1::Attack {
@@ -188,12 +190,28 @@ pub fn work_result(r: &v1::TaskResult) -> Result<WorkResult, WireError> {
                     task_id: id.clone(),
                 })?,
         },
-        task_result::Outcome::TestMetrics(m) => WorkOutput::TestMetrics(TestMetrics {
-            samples: m.samples,
-            clean: m.clean,
-            fgsm: m.fgsm,
-            pgd: m.pgd,
-        }),
+        task_result::Outcome::TestMetrics(m) => {
+            let v = m
+                .validation
+                .as_ref()
+                .ok_or_else(|| WireError::NoValidation {
+                    task_id: id.clone(),
+                })?;
+            WorkOutput::TestMetrics(HeldOutMetrics {
+                validation: TestMetrics {
+                    samples: v.samples,
+                    clean: v.clean,
+                    fgsm: v.fgsm,
+                    pgd: v.pgd,
+                },
+                test: TestMetrics {
+                    samples: m.samples,
+                    clean: m.clean,
+                    fgsm: m.fgsm,
+                    pgd: m.pgd,
+                },
+            })
+        }
         task_result::Outcome::AdversarialShard(a) => WorkOutput::AdversarialShard {
             artifact: ArtifactRef(artifact_name(
                 id,

@@ -55,7 +55,8 @@ pub struct WorkItem {
 pub enum WorkKind {
     /// Train the dense model from scratch. Answer: [`WorkOutput::Trained`].
     TrainDense { params: PretrainParams, seed: u64 },
-    /// Clean, FGSM and PGD accuracy of `model` on the test split (iteration 0: the dense baseline).
+    /// Clean, FGSM and PGD accuracy of `model` on the validation split (what the stop rule reads)
+    /// and on the test split (for the record; iteration 0: the dense baseline).
     /// Answer: [`WorkOutput::TestMetrics`].
     EvaluateTest {
         iteration: u32,
@@ -127,13 +128,22 @@ pub struct WorkResult {
     pub output: WorkOutput,
 }
 
-/// Test-split accuracies as exact counts of correctly classified images.
+/// Accuracies on one held-out split (validation or test) as exact counts of correctly classified
+/// images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestMetrics {
     pub samples: u64,
     pub clean: u64,
     pub fgsm: u64,
     pub pgd: u64,
+}
+
+/// An [`WorkKind::EvaluateTest`] answer: the validation split's counts, which the job's decisions
+/// read, and the test split's, which are only recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldOutMetrics {
+    pub validation: TestMetrics,
+    pub test: TestMetrics,
 }
 
 impl TestMetrics {
@@ -178,7 +188,7 @@ pub enum WorkOutput {
         model: ModelRef,
         description: ModelDescription,
     },
-    TestMetrics(TestMetrics),
+    TestMetrics(HeldOutMetrics),
     AdversarialShard {
         artifact: ArtifactRef,
         samples: u64,

@@ -123,6 +123,41 @@ fn exceeding_a_limit_stops_and_answers_the_last_network_within_it() {
 }
 
 #[test]
+fn the_test_split_cannot_change_the_trajectory_or_the_answer() {
+    let run = |test_quality: Option<f64>| {
+        let mut config = EngineConfig::default();
+        config.evolution.iterations = 3;
+        let mut engine = Engine::new(spec(5, config, 2, false)).unwrap();
+        let mut evaluator = Evaluator::new(Problem::new(2), 2);
+        evaluator.test_quality = test_quality;
+        support::run_in_order(&mut engine, &mut evaluator);
+        engine.outcome().expect("done").clone()
+    };
+    let reference = run(None);
+    // Test accuracy collapses for every pruned network (it would break any limit on test drops),
+    // or soars: the decisions, which read validation only, must not move.
+    for test_quality in [Some(0.0), Some(1.0)] {
+        let other = run(test_quality);
+        assert_eq!(other.reason, reference.reason);
+        assert_eq!(other.answer.kept_filters, reference.answer.kept_filters);
+        assert_eq!(other.answer.validation, reference.answer.validation);
+        assert_eq!(other.iterations.len(), reference.iterations.len());
+        for (a, b) in other.iterations.iter().zip(&reference.iterations) {
+            assert_eq!(a.masks, b.masks);
+            assert_eq!(a.within_limits, b.within_limits);
+            assert_eq!(
+                (a.network.clean_drop, a.network.robust_drop),
+                (b.network.clean_drop, b.network.robust_drop)
+            );
+        }
+        assert_ne!(
+            other.answer.test, reference.answer.test,
+            "the test counts did change"
+        );
+    }
+}
+
+#[test]
 fn a_first_iteration_over_the_limit_answers_the_dense_model() {
     let outcome = run_with_limits(0.0, 0.0);
     assert_eq!(outcome.reason, StopReason::LimitExceeded { iteration: 1 });

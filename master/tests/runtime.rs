@@ -221,6 +221,7 @@ async fn malformed_and_unknown_results_are_refused_without_harming_the_job() {
             clean: 11,
             fgsm: 0,
             pgd: 0,
+            validation: None,
         })),
         ..trained(W1, &t, &model)
     };

@@ -38,6 +38,7 @@ seed = 1
 kind = "synthetic"
 eval_size = 256
 eval_shards = 4
+val_size = 500
 train_limit = 4000
 test_limit = 500
 
@@ -187,16 +188,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         };
         println!(
-            "dense model{}: clean {:.1}%  FGSM {:.1}%  PGD {:.1}%  {} MACs",
+            "dense model{}: validation clean {:.1}% PGD {:.1}% | test clean {:.1}%  FGSM {:.1}%  PGD {:.1}%  {} MACs",
             if reused { " (reused from cache)" } else { "" },
+            pct(dense.validation.clean, dense.validation.samples),
+            pct(dense.validation.pgd, dense.validation.samples),
             pct(dense.test.clean, dense.test.samples),
             pct(dense.test.fgsm, dense.test.samples),
             pct(dense.test.pgd, dense.test.samples),
             dense.macs
         );
         println!(
-            "pruned (iteration {}): clean {:.1}%  FGSM {:.1}%  PGD {:.1}%  {} MACs ({:.1}% fewer)",
+            "pruned (iteration {}): validation clean {:.1}% PGD {:.1}% | test clean {:.1}%  FGSM {:.1}%  PGD {:.1}%  {} MACs ({:.1}% fewer)",
             answer.iteration,
+            pct(answer.validation.clean, answer.validation.samples),
+            pct(answer.validation.pgd, answer.validation.samples),
             pct(answer.test.clean, answer.test.samples),
             pct(answer.test.fgsm, answer.test.samples),
             pct(answer.test.pgd, answer.test.samples),
@@ -334,9 +339,9 @@ fn progress_message(s: &JobStatus) -> String {
             }
         };
         message.push_str(&format!(
-            " | best: clean {:.1}% PGD {:.1}% MACs {:.0}% of dense",
-            pct(best.clean_correct, best.test_samples),
-            pct(best.pgd_correct, best.test_samples),
+            " | best: validation clean {:.1}% PGD {:.1}% MACs {:.0}% of dense",
+            pct(best.val_clean_correct, best.val_samples),
+            pct(best.val_pgd_correct, best.val_samples),
             pct(best.macs, dense.macs)
         ));
     }

@@ -41,8 +41,11 @@ fn network_line(label: &str, p: &NetworkPoint, dense_macs: Option<u64>) -> Strin
         _ => format!("{:.3e}", p.macs as f64),
     };
     format!(
-        "{label}: iteration {}  clean {:.2}%  FGSM {:.2}%  PGD {:.2}%  MACs {macs}  filters {:?}",
+        "{label}: iteration {}  validation clean {:.2}% PGD {:.2}%  test clean {:.2}%  FGSM {:.2}%  \
+         PGD {:.2}%  MACs {macs}  filters {:?}",
         p.iteration,
+        percent(p.val_clean_correct, p.val_samples),
+        percent(p.val_pgd_correct, p.val_samples),
         percent(p.clean_correct, p.test_samples),
         percent(p.fgsm_correct, p.test_samples),
         percent(p.pgd_correct, p.test_samples),

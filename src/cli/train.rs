@@ -68,6 +68,14 @@ pub struct TrainArgs {
     /// Evaluate on at most this many test images (a seeded random subset).
     #[arg(long)]
     pub test_limit: Option<usize>,
+    /// Training images held out as the eval split (never trained on). To prune the model with a
+    /// job, give the job's `data.eval_size`, `data.val_size` and `job.seed` here, so the dense
+    /// model never sees the images that score candidates or decide when to stop.
+    #[arg(long, default_value_t = 1_000)]
+    pub eval_size: usize,
+    /// Training images held out, after the eval split, as the validation split.
+    #[arg(long, default_value_t = 1_000)]
+    pub val_size: usize,
     /// Seed of the weights, the data split, the shuffle, augmentation and attacks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -133,6 +141,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device).context("--device")?;
     let dataset = DatasetSpec {
         seed: args.seed,
+        eval_size: args.eval_size,
+        val_size: args.val_size,
         train_limit: args.train_limit,
         test_limit: args.test_limit,
         ..DatasetSpec::new(args.dataset, args.data_dir.clone())

@@ -149,6 +149,7 @@ seed = 7
 [data]
 kind = "synthetic"
 eval_size = 64
+val_size = 64
 eval_shards = 2
 train_limit = 256
 test_limit = 64

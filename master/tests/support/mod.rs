@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use ccsrp_master::engine::{DenseModel, JobSpec};
 use ccsrp_master::rng::splitmix64;
 use ccsrp_master::{
-    ArtifactRef, CandidateCount, Engine, EngineConfig, ModelRef, TestMetrics, WorkItem, WorkKind,
-    WorkOutput, WorkResult,
+    ArtifactRef, CandidateCount, Engine, EngineConfig, HeldOutMetrics, ModelRef, TestMetrics,
+    WorkItem, WorkKind, WorkOutput, WorkResult,
 };
 use ccsrp_proto::shard::shard_range;
 use ccsrp_proto::v1::{ConvLayer, Mask, ModelDescription};
@@ -25,6 +25,7 @@ use ccsrp_proto::v1::{ConvLayer, Mask, ModelDescription};
 pub const WIDTHS: [u32; 4] = [32, 64, 64, 128];
 pub const EVAL_SAMPLES: u64 = 2000;
 pub const TEST_SAMPLES: u64 = 10_000;
+pub const VAL_SAMPLES: u64 = 2_000;
 const CLEAN_BASE: f64 = 0.9;
 const ROBUST_BASE: f64 = 0.5;
 
@@ -116,6 +117,9 @@ pub struct Evaluator {
     pub eval_shards: u32,
     /// Model ref -> per layer, the dense filter indices it keeps.
     pub models: BTreeMap<String, Vec<Vec<u32>>>,
+    /// How the test split's counts are made: `None` as the validation split's (another draw),
+    /// `Some(q)`: every network scores quality `q` on test, whatever it is.
+    pub test_quality: Option<f64>,
 }
 
 impl Evaluator {
@@ -129,6 +133,7 @@ impl Evaluator {
             problem,
             eval_shards,
             models,
+            test_quality: None,
         }
     }
 
@@ -148,14 +153,20 @@ impl Evaluator {
             .collect()
     }
 
-    fn test_metrics(&self, kept: &[Vec<u32>]) -> TestMetrics {
+    fn test_metrics(&self, kept: &[Vec<u32>]) -> HeldOutMetrics {
         let q = self.problem.quality(kept);
-        let n = TEST_SAMPLES as usize;
-        TestMetrics {
-            samples: TEST_SAMPLES,
-            clean: count(11, 0..n, CLEAN_BASE * q),
-            fgsm: count(12, 0..n, (ROBUST_BASE + 0.1) * q),
-            pgd: count(13, 0..n, ROBUST_BASE * q),
+        let split = |samples: u64, salt: u64, q: f64| {
+            let n = samples as usize;
+            TestMetrics {
+                samples,
+                clean: count(salt + 1, 0..n, CLEAN_BASE * q),
+                fgsm: count(salt + 2, 0..n, (ROBUST_BASE + 0.1) * q),
+                pgd: count(salt + 3, 0..n, ROBUST_BASE * q),
+            }
+        };
+        HeldOutMetrics {
+            validation: split(VAL_SAMPLES, 20, q),
+            test: split(TEST_SAMPLES, 10, self.test_quality.unwrap_or(q)),
         }
     }
 

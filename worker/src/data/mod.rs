@@ -116,5 +116,8 @@ pub struct Splits {
     pub train: ImageSet,
     /// Held out of the training data; fitness is counted on it, never on `test`.
     pub eval: ImageSet,
+    /// Held out of the training data after `eval`; the job's decisions (the stop rule) read it.
+    pub validation: ImageSet,
+    /// Measured for the record only: no decision reads it.
     pub test: ImageSet,
 }

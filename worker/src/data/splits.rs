@@ -1,8 +1,10 @@
 //! From a dataset's official train/test files to the three splits the method needs.
 //!
 //! - train pool = the official training images; test = the official test images.
-//! - eval = `eval_size` images held out of the train pool by a seeded shuffle (ChaCha8), never
-//!   taken from test; train = the rest of the pool, in the shuffled order.
+//! - eval = the first `eval_size` images of the train pool in a seeded shuffle (ChaCha8), never
+//!   taken from test; validation = the next `val_size` images of the same shuffle (the job's
+//!   decisions read it); train = the rest of the pool, in the shuffled order. The three are
+//!   disjoint, and eval is the same whatever `val_size` is.
 //! - `train_limit` keeps the first images of that train remainder (a uniform random subset),
 //!   so eval is the same whatever the limit; `test_limit` keeps a seeded random subset of test.
 //!
@@ -25,6 +27,8 @@ use super::{cifar, folder, idx, svhn, DataError, DatasetKind, ImageSet, Splits};
 pub struct SplitOptions {
     /// Images held out of the training data as the eval (fitness) split.
     pub eval_size: usize,
+    /// Images held out of the training data, after eval, as the validation split.
+    pub val_size: usize,
     /// Seed of the hold-out and subset shuffles (and of the synthetic images).
     pub seed: u64,
     /// Keep at most this many training images (after the hold-out); `None` keeps all.
@@ -37,6 +41,7 @@ impl Default for SplitOptions {
     fn default() -> Self {
         SplitOptions {
             eval_size: 1_000,
+            val_size: 1_000,
             seed: 0,
             train_limit: None,
             test_limit: None,
@@ -47,7 +52,7 @@ impl Default for SplitOptions {
 /// A dataset as a job file names it: enough for any worker to load exactly the master's splits.
 ///
 /// TOML: `kind = "cifar10"`, `data_dir = "/data/cifar-10-batches-bin"`, `eval_size = 1000`,
-/// `seed = 0`, `train_limit = 5000`, `test_limit = 2000`; every field but `kind` may be omitted.
+/// `val_size = 1000`, `seed = 0`, `train_limit = 5000`, `test_limit = 2000`; every field but `kind` may be omitted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatasetSpec {
@@ -55,6 +60,7 @@ pub struct DatasetSpec {
     /// Where the files are; `None` uses the kind's default ([`DatasetKind::resolve_dir`]).
     pub data_dir: Option<PathBuf>,
     pub eval_size: usize,
+    pub val_size: usize,
     pub seed: u64,
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
@@ -72,6 +78,7 @@ impl DatasetSpec {
     pub fn split_options(&self) -> SplitOptions {
         SplitOptions {
             eval_size: self.eval_size,
+            val_size: self.val_size,
             seed: self.seed,
             train_limit: self.train_limit,
             test_limit: self.test_limit,
@@ -85,6 +92,7 @@ impl DatasetSpec {
             kind,
             data_dir,
             eval_size: options.eval_size,
+            val_size: options.val_size,
             seed: options.seed,
             train_limit: options.train_limit,
             test_limit: options.test_limit,
@@ -127,6 +135,7 @@ pub fn load_splits(
         dataset = %kind,
         train = splits.train.len(),
         eval = splits.eval.len(),
+        validation = splits.validation.len(),
         test = splits.test.len(),
         shape = ?(splits.train.channels, splits.train.height, splits.train.width),
         "dataset loaded"
@@ -134,16 +143,25 @@ pub fn load_splits(
     Ok(splits)
 }
 
-/// Holds eval out of `pool` and applies the limits (the module doc gives the rule).
+/// Holds eval and validation out of `pool` and applies the limits (the module doc gives the rule).
 pub fn cut(pool: ImageSet, test: ImageSet, options: &SplitOptions) -> Result<Splits, DataError> {
-    if options.eval_size >= pool.len() {
+    let held_out = options.eval_size.saturating_add(options.val_size);
+    if held_out >= pool.len() {
         return Err(DataError::Option {
             field: "eval_size",
             reason: format!(
-                "{} must be smaller than the {} training images, to leave some to train on",
+                "eval_size {} + val_size {} must be smaller than the {} training images, to leave \
+                 some to train on",
                 options.eval_size,
+                options.val_size,
                 pool.len()
             ),
+        });
+    }
+    if options.val_size == 0 {
+        return Err(DataError::Option {
+            field: "val_size",
+            reason: "must be at least 1: the job's decisions read the validation split".to_string(),
         });
     }
     if options.eval_size == 0 {
@@ -166,12 +184,14 @@ pub fn cut(pool: ImageSet, test: ImageSet, options: &SplitOptions) -> Result<Spl
 
     let mut order: Vec<usize> = (0..pool.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(options.seed));
-    let (eval_indices, train_indices) = order.split_at(options.eval_size);
+    let (eval_indices, rest) = order.split_at(options.eval_size);
+    let (validation_indices, train_indices) = rest.split_at(options.val_size);
     let train_keep = options
         .train_limit
         .unwrap_or(usize::MAX)
         .min(train_indices.len());
     let eval = pool.select(eval_indices);
+    let validation = pool.select(validation_indices);
     let train = pool.select(&train_indices[..train_keep]);
 
     let test = match options.test_limit {
@@ -185,7 +205,12 @@ pub fn cut(pool: ImageSet, test: ImageSet, options: &SplitOptions) -> Result<Spl
         }
         _ => test,
     };
-    Ok(Splits { train, eval, test })
+    Ok(Splits {
+        train,
+        eval,
+        validation,
+        test,
+    })
 }
 
 #[cfg(test)]
@@ -213,17 +238,20 @@ mod tests {
     fn options(eval_size: usize, seed: u64) -> SplitOptions {
         SplitOptions {
             eval_size,
+            val_size: 5,
             seed,
             ..SplitOptions::default()
         }
     }
 
     #[test]
-    fn eval_is_disjoint_from_train_and_together_they_cover_the_pool() {
+    fn eval_validation_and_train_are_disjoint_and_cover_the_pool() {
         let splits = cut(numbered(100), numbered(10), &options(30, 0)).unwrap();
         let (mut train, eval) = (ids(&splits.train), ids(&splits.eval));
-        assert_eq!((train.len(), eval.len()), (70, 30));
+        let validation = ids(&splits.validation);
+        assert_eq!((train.len(), eval.len(), validation.len()), (65, 30, 5));
         train.extend(&eval);
+        train.extend(&validation);
         train.sort();
         assert_eq!(train, (0..100).collect::<Vec<_>>());
         assert_eq!(ids(&splits.test), (0..10).collect::<Vec<_>>());
@@ -274,13 +302,38 @@ mod tests {
             "{msg}"
         );
         assert!(cut(numbered(100), numbered(5), &options(0, 0)).is_err());
+        let no_validation = SplitOptions {
+            val_size: 0,
+            ..options(10, 0)
+        };
+        let msg = cut(numbered(100), numbered(5), &no_validation)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("val_size"), "{msg}");
+    }
+
+    #[test]
+    fn eval_stays_the_same_whatever_the_validation_size() {
+        let small = cut(numbered(100), numbered(5), &options(20, 3)).unwrap();
+        let large = SplitOptions {
+            val_size: 40,
+            ..options(20, 3)
+        };
+        let large = cut(numbered(100), numbered(5), &large).unwrap();
+        assert_eq!(small.eval, large.eval);
+        assert_eq!(ids(&small.validation), ids(&large.validation)[..5]);
     }
 
     #[test]
     fn synthetic_is_the_default_and_loads_without_files() {
         let splits = DatasetSpec::default().load().unwrap();
-        let sizes = (splits.train.len(), splits.eval.len(), splits.test.len());
-        assert_eq!(sizes, (5_000, 1_000, 1_000));
+        let sizes = (
+            splits.train.len(),
+            splits.eval.len(),
+            splits.validation.len(),
+            splits.test.len(),
+        );
+        assert_eq!(sizes, (4_000, 1_000, 1_000, 1_000));
     }
 
     #[test]

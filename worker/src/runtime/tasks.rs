@@ -3,7 +3,7 @@
 //! | task                      | what runs                                                          |
 //! |---------------------------|--------------------------------------------------------------------|
 //! | `TrainDense`              | a fresh model of the pretrain architecture, trained on train       |
-//! | `EvaluateTest`            | clean, FGSM and PGD correct counts on test                         |
+//! | `EvaluateTest`            | clean, FGSM and PGD correct counts on validation and on test       |
 //! | `BuildAdversarialShard`   | the model pruned by the mutation, PGD on one eval shard, u8 images |
 //! | `EvaluateCandidates`      | per candidate: clean and adversarial correct counts on one shard   |
 //! | `FineTune`                | the model pruned by the masks, fine-tuned on train                 |
@@ -18,15 +18,14 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use ccsrp_proto::shard::shard_range;
 use ccsrp_proto::v1::{self, task, task_result, Mask, Task};
 
-use crate::attack::{attack_to_u8, AttackParams};
+use crate::attack::AttackParams;
 use crate::data::{DatasetKind, DatasetSpec, ImageSet, Splits};
-use crate::eval::{count_correct, predictions};
+use crate::eval::predictions;
+use crate::held_out::{attacked, held_out_counts, SplitCounts};
 use crate::model::{images_to_tensor, ModelSpec, SnnModel};
 use crate::train::{train, TrainConfig};
 
@@ -156,6 +155,7 @@ impl TaskExecutor {
             kind,
             data_dir,
             eval_size: dataset.eval_size as usize,
+            val_size: dataset.val_size as usize,
             seed: dataset.seed,
             train_limit: limit(dataset.train_limit),
             test_limit: limit(dataset.test_limit),
@@ -308,18 +308,19 @@ impl TaskExecutor {
             task_id: format!("evaluate_test {}", t.iteration),
             reason: "no attack settings".into(),
         })?;
-        let test = &splits.test;
-        let clean = count_correct(&model, test, BATCH)?;
-        let seed = seed_from_name(&t.model);
-        let fgsm = AttackParams::fgsm(t.fgsm_eps);
-        let fgsm_images = attacked(&model, test, &fgsm, seed, &self.device)?;
-        let pgd = pgd_params(attack);
-        let pgd_images = attacked(&model, test, &pgd, seed, &self.device)?;
+        let counts = held_out_counts(&model, &t.model, &splits, t.fgsm_eps, &pgd_params(attack))?;
+        let split = |c: SplitCounts| v1::SplitCounts {
+            samples: c.samples,
+            clean: c.clean,
+            fgsm: c.fgsm,
+            pgd: c.pgd,
+        };
         Ok(task_result::Outcome::TestMetrics(v1::TestMetricsResult {
-            samples: test.len() as u64,
-            clean,
-            fgsm: count_correct(&model, &fgsm_images, BATCH)?,
-            pgd: count_correct(&model, &pgd_images, BATCH)?,
+            samples: counts.test.samples,
+            clean: counts.test.clean,
+            fgsm: counts.test.fgsm,
+            pgd: counts.test.pgd,
+            validation: Some(split(counts.validation)),
         }))
     }
 
@@ -517,33 +518,6 @@ fn pgd_params(attack: &v1::Attack) -> AttackParams {
     }
 }
 
-/// A seed fixed by an artifact name (its first 8 bytes), for tasks that carry none.
-fn seed_from_name(sha256: &str) -> u64 {
-    u64::from_str_radix(sha256.get(..16).unwrap_or("0"), 16).unwrap_or(0)
-}
-
-/// `images` attacked with `params` against `model`, quantised to u8, batch by batch.
-fn attacked(
-    model: &SnnModel,
-    images: &ImageSet,
-    params: &AttackParams,
-    seed: u64,
-    device: &Device,
-) -> Result<ImageSet, TaskError> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut pixels = Vec::with_capacity(images.pixels.len());
-    for start in (0..images.len()).step_by(BATCH) {
-        let range = start..(start + BATCH).min(images.len());
-        let x = images_to_tensor(images, range.clone(), device)?;
-        let labels = Tensor::new(&images.labels[range], device)?;
-        pixels.extend(attack_to_u8(model, &x, &labels, params, &mut rng)?);
-    }
-    Ok(ImageSet {
-        pixels,
-        ..images.clone()
-    })
-}
-
 /// Correctly classified images when `network` runs from `layer` on the cached inputs.
 fn correct_from(
     network: &SnnModel,
@@ -561,15 +535,4 @@ fn correct_from(
             .count() as u64;
     }
     Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seed_from_name_reads_the_leading_hex_digits() {
-        assert_eq!(seed_from_name("00000000000000ff00"), 255);
-        assert_eq!(seed_from_name("zz"), 0);
-    }
 }
