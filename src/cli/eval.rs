@@ -1,19 +1,33 @@
 //! `ccsrp eval`: clean and adversarial accuracy of a model file on a dataset's test split.
 //!
 //! Counts are exact integers; the adversarial images are the attack's f32 output (not quantised),
-//! made white-box against the model itself. Also reports each conv layer's spike rate on the clean
-//! images.
+//! made white-box against the model itself (or, with `--source`, on another model: a transfer
+//! attack). Also reports each conv layer's spike rate on the clean images.
+//!
+//! Robustness that survives gradient masking: `--restarts R` runs every PGD R times from fresh
+//! random starts, `--surrogates LIST` also differentiates through other surrogate gradients (the
+//! forward pass is unchanged), `--source FILE` adds the transfer attack, and `--strong` adds the
+//! strong set the final tables report ([`StrongAttackPlan`]): FGSM, PGD-`--strong-steps` (step
+//! 2.5 x eps / steps) with restarts through the model's own surrogate and sigmoid:4, atan:2 and
+//! triangle:1, and the transfer PGD. Every attack counts an image as robust only if it survives
+//! all restarts; the "strong robust (worst case per image)" count is the images classified
+//! correctly on the clean input AND under every attack run, decided per image
+//! ([`ccsrp_worker::attack::robustness`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use serde::Serialize;
 
-use ccsrp_worker::attack::{robust_counts, AttackKind, AttackParams};
+use ccsrp_worker::attack::{
+    robustness, AttackKind, AttackParams, AttackRun, AttackScope, StrongAttackPlan,
+    STRONG_PGD_STEPS, STRONG_RESTARTS,
+};
 use ccsrp_worker::data::{DatasetKind, DatasetSpec};
 use ccsrp_worker::device::parse_device;
 use ccsrp_worker::eval::{spike_rates, DEFAULT_BATCH};
+use ccsrp_worker::lif::SurrogateSpec;
 use ccsrp_worker::model::SnnModel;
 use ccsrp_worker::train::TrainError;
 
@@ -31,22 +45,50 @@ pub struct EvalArgs {
     /// Attack: none, fgsm or pgd.
     #[arg(long, default_value = "none")]
     pub attack: AttackKind,
-    /// Attack radius (L-inf, pixel units): a number or a fraction like 8/255.
+    /// Attack radius (L-inf, pixel units): a number or a fraction like 8/255. Also the radius of
+    /// --strong's attacks.
     #[arg(long, default_value = "8/255", value_parser = parse_pixel_value, allow_hyphen_values = true)]
     pub eps: f64,
-    /// PGD step size (pixel units).
+    /// PGD step size (pixel units) of --attack pgd.
     #[arg(long, default_value = "2/255", value_parser = parse_pixel_value, allow_hyphen_values = true)]
     pub step: f64,
-    /// PGD iterations.
+    /// PGD iterations of --attack pgd.
     #[arg(long, default_value_t = 7)]
     pub steps: usize,
+    /// Random restarts of every PGD attack; an image counts as robust only if it survives all of
+    /// them [default: 1, or 2 with --strong].
+    #[arg(long)]
+    pub restarts: Option<usize>,
+    /// Also attack through these surrogate gradients, comma-separated `name[:alpha]`: sigmoid
+    /// (alpha 4), atan (2), triangle (1: alpha * max(0, 1 - alpha * |h - v_th|)). The model's own
+    /// surrogate is always attacked too; an image counts only if it survives every one
+    /// [default: none, or sigmoid,atan,triangle for --strong's PGD].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub surrogates: Vec<SurrogateSpec>,
+    /// Transfer attack: craft the adversarial examples on this model file (e.g. the dense model,
+    /// through its own surrogate) and score them on --model. Same input shape and classes.
+    #[arg(long, value_name = "FILE")]
+    pub source: Option<PathBuf>,
+    /// Strong evaluation: add FGSM, PGD-<--strong-steps> (step 2.5 x eps / steps, --restarts
+    /// restarts) through the model's own surrogate and every --surrogates entry, and the transfer
+    /// PGD from --source; report the worst case per image.
+    #[arg(long)]
+    pub strong: bool,
+    /// PGD iterations of --strong (step 2.5 x eps / steps).
+    #[arg(long, default_value_t = STRONG_PGD_STEPS)]
+    pub strong_steps: usize,
+    /// Attack every image with every run, so each attack's count is its own. By default --strong
+    /// attacks an image only while no earlier run has fooled it: the worst case is over the same
+    /// attacks at a fraction of the cost, and each attack's count is cumulative.
+    #[arg(long)]
+    pub every_image: bool,
     /// Evaluate at most this many test images (a seeded random subset).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Images per batch.
     #[arg(long, default_value_t = DEFAULT_BATCH)]
     pub batch_size: usize,
-    /// Seed of the test subset and of PGD's random start.
+    /// Seed of the test subset and of PGD's random starts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// cpu or cuda:N.
@@ -63,13 +105,157 @@ struct EvalReport {
     model: String,
     dataset: String,
     images: u64,
+    /// The --attack as configured.
     attack: AttackParams,
     clean_correct: u64,
     clean_accuracy: f64,
+    /// Images correct under the configured --attack: every restart, every surrogate, white-box
+    /// (transfer and --strong's attacks not included); the clean count for `--attack none`.
     adversarial_correct: u64,
     adversarial_accuracy: f64,
+    /// Random restarts of every PGD run.
+    restarts: usize,
+    /// The model's own surrogate gradient.
+    model_surrogate: String,
+    /// The other surrogates attacked through (`name:alpha`).
+    surrogates: Vec<String>,
+    /// The transfer source model file.
+    source: Option<String>,
+    strong: bool,
+    /// --strong's PGD (absent without --strong).
+    strong_pgd: Option<AttackParams>,
+    /// Which images each run attacked: every_image, or survivors (counts cumulative).
+    scope: AttackScope,
+    /// Every attack run, in order.
+    attacks: Vec<AttackEntry>,
+    /// Images correct on the clean input and under every attack run, decided per image (the
+    /// clean count when no attack ran).
+    worst_case_correct: u64,
+    worst_case_accuracy: f64,
     spike_rates: Vec<f64>,
     seconds: f64,
+}
+
+/// One attack run of the report.
+#[derive(Serialize)]
+struct AttackEntry {
+    name: String,
+    attack: AttackParams,
+    restarts: usize,
+    /// The surrogate the gradients went through (`name:alpha`).
+    surrogate: String,
+    /// Crafted on --source.
+    transfer: bool,
+    /// Images correct after every restart (clean correctness not required).
+    correct: u64,
+    accuracy: f64,
+}
+
+/// The attack runs the flags ask for, in report order: the configured --attack (with --restarts)
+/// white-box through the model's own surrogate, then through each --surrogates entry, then as a
+/// transfer from --source; with --strong the [`StrongAttackPlan`] runs after those. Errors name
+/// the flag.
+fn attack_runs(args: &EvalArgs, params: &AttackParams) -> anyhow::Result<Vec<AttackRun>> {
+    let restarts = match args.restarts {
+        Some(0) => anyhow::bail!("--restarts 0: expected at least 1 restart"),
+        Some(r) => r,
+        None if args.strong => STRONG_RESTARTS,
+        None => 1,
+    };
+    if args.strong_steps == 0 {
+        anyhow::bail!("--strong-steps 0: the strong PGD needs at least 1 step");
+    }
+    if !args.strong {
+        let attack = params.kind;
+        let need = "use --attack fgsm|pgd or --strong";
+        if restarts > 1 && attack != AttackKind::Pgd {
+            anyhow::bail!("--restarts {restarts}: only PGD has random restarts ({need})");
+        }
+        if !args.surrogates.is_empty() && attack == AttackKind::None {
+            anyhow::bail!("--surrogates: there is no attack to run through them ({need})");
+        }
+        if args.source.is_some() && attack == AttackKind::None {
+            anyhow::bail!("--source: there is no attack to transfer ({need})");
+        }
+    }
+    let mut runs = Vec::new();
+    if params.kind != AttackKind::None {
+        let base = AttackRun::new(params.clone()).with_restarts(restarts);
+        runs.push(base.clone());
+        runs.extend(args.surrogates.iter().map(|s| base.clone().through(*s)));
+        if args.source.is_some() {
+            runs.push(base.transferred());
+        }
+    }
+    for run in &runs {
+        run.validate()
+            .map_err(|e| flag_error(TrainError::Attack(e)))?;
+    }
+    if args.strong {
+        let plan = StrongAttackPlan {
+            eps: params.eps,
+            pgd_steps: args.strong_steps,
+            pgd_step: None,
+            restarts,
+            surrogates: if args.surrogates.is_empty() {
+                SurrogateSpec::standard()
+            } else {
+                args.surrogates.clone()
+            },
+            fgsm: true,
+            transfer: true,
+            extra: runs,
+        };
+        plan.validate()
+            .map_err(|e| flag_error(TrainError::Attack(e)))?;
+        runs = plan.runs(args.source.is_some());
+    }
+    Ok(runs)
+}
+
+/// Loads --source and checks it can stand in for the model: the same input shape and classes.
+fn load_source(path: &Path, args: &EvalArgs, model: &SnnModel) -> anyhow::Result<SnnModel> {
+    if !path.is_file() {
+        anyhow::bail!("--source {}: no such model file", path.display());
+    }
+    let source = SnnModel::load(path, model.device())
+        .with_context(|| format!("--source {}", path.display()))?;
+    check_source_shape(path, &source, &args.model, model)?;
+    Ok(source)
+}
+
+fn check_source_shape(
+    source_path: &Path,
+    source: &SnnModel,
+    model_path: &Path,
+    model: &SnnModel,
+) -> anyhow::Result<()> {
+    let (s, m) = (source.spec(), model.spec());
+    if s.input != m.input {
+        anyhow::bail!(
+            "--source {}: takes {}x{}x{} images, but --model {} takes {}x{}x{}",
+            source_path.display(),
+            s.input.channels,
+            s.input.height,
+            s.input.width,
+            model_path.display(),
+            m.input.channels,
+            m.input.height,
+            m.input.width
+        );
+    }
+    if s.class_names != m.class_names {
+        anyhow::bail!(
+            "--source {}: has {} classes {:?}, but --model {} has {} classes {:?}",
+            source_path.display(),
+            s.classes(),
+            s.class_names,
+            model_path.display(),
+            m.classes(),
+            m.class_names
+        );
+    }
+    Ok(())
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
@@ -90,8 +276,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.limit == Some(0) {
         anyhow::bail!("--limit 0: expected at least 1 test image");
     }
+    let runs = attack_runs(&args, &params)?;
     let device = parse_device(&args.device).context("--device")?;
     let model = SnnModel::load(&args.model, &device)?;
+    let source = match &args.source {
+        Some(path) => Some(load_source(path, &args, &model)?),
+        None => None,
+    };
     let dataset = DatasetSpec {
         seed: args.seed,
         test_limit: args.limit,
@@ -124,24 +315,87 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             model.spec().classes()
         );
     }
-    let counts = robust_counts(
+    let scope = if args.strong && !args.every_image {
+        AttackScope::Survivors
+    } else {
+        AttackScope::EveryImage
+    };
+    let result = robustness(
         &model,
+        source.as_ref(),
         &test,
         0..test.len(),
-        &params,
+        &runs,
         args.seed,
         args.batch_size,
-    )?;
+        scope,
+    )
+    .map_err(|e| flag_error(TrainError::Attack(e)))?;
     let rates = spike_rates(&model, &test, args.batch_size)?;
-    let accuracy = |c: u64| c as f64 / counts.images.max(1) as f64;
+    let accuracy = |c: u64| result.accuracy(c);
+    // The configured attack: every white-box run of exactly its parameters.
+    let configured: Vec<&[bool]> = result
+        .attacks
+        .iter()
+        .filter(|a| !a.run.transfer && a.run.params == params)
+        .map(|a| a.per_image.as_slice())
+        .collect();
+    let adversarial_correct = if params.kind == AttackKind::None || configured.is_empty() {
+        result.clean_correct
+    } else {
+        ccsrp_worker::attack::correct_under_all(result.clean.len(), configured)?
+            .iter()
+            .filter(|c| **c)
+            .count() as u64
+    };
+    let own = model.surrogate();
+    let mut surrogates: Vec<String> = Vec::new();
+    for a in &result.attacks {
+        let name = a.surrogate.to_string();
+        if !a.run.transfer && a.surrogate != own && !surrogates.contains(&name) {
+            surrogates.push(name);
+        }
+    }
     let report = EvalReport {
         model: args.model.display().to_string(),
         dataset: args.dataset.to_string(),
-        images: counts.images,
-        clean_correct: counts.clean_correct,
-        clean_accuracy: accuracy(counts.clean_correct),
-        adversarial_correct: counts.adversarial_correct,
-        adversarial_accuracy: accuracy(counts.adversarial_correct),
+        images: result.images,
+        clean_correct: result.clean_correct,
+        clean_accuracy: accuracy(result.clean_correct),
+        adversarial_correct,
+        adversarial_accuracy: accuracy(adversarial_correct),
+        restarts: match args.restarts {
+            Some(r) => r,
+            None if args.strong => STRONG_RESTARTS,
+            None => 1,
+        },
+        model_surrogate: own.to_string(),
+        surrogates,
+        source: args.source.as_ref().map(|p| p.display().to_string()),
+        strong: args.strong,
+        scope,
+        strong_pgd: args.strong.then(|| {
+            StrongAttackPlan {
+                pgd_steps: args.strong_steps,
+                ..StrongAttackPlan::standard(params.eps)
+            }
+            .pgd()
+        }),
+        attacks: result
+            .attacks
+            .iter()
+            .map(|a| AttackEntry {
+                name: a.label(),
+                attack: a.run.params.clone(),
+                restarts: a.run.restarts,
+                surrogate: a.surrogate.to_string(),
+                transfer: a.run.transfer,
+                correct: a.correct,
+                accuracy: accuracy(a.correct),
+            })
+            .collect(),
+        worst_case_correct: result.worst_case_correct,
+        worst_case_accuracy: accuracy(result.worst_case_correct),
         attack: params,
         spike_rates: rates,
         seconds: started.elapsed().as_secs_f64(),
@@ -149,41 +403,64 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
-            "{} on {} ({} test images)",
-            report.model, report.dataset, report.images
-        );
-        println!(
-            "clean:       {}/{} = {:.2}%",
-            report.clean_correct,
-            report.images,
-            100.0 * report.clean_accuracy
-        );
-        if report.attack.kind != AttackKind::None {
-            let a = &report.attack;
-            let budget = match a.kind {
-                AttackKind::Pgd => {
-                    format!("eps {:.4}, step {:.4}, {} steps", a.eps, a.step, a.steps)
-                }
-                _ => format!("eps {:.4}", a.eps),
-            };
-            println!(
-                "{:<12} {}/{} = {:.2}%  ({budget})",
-                format!("{}:", a.kind),
-                report.adversarial_correct,
-                report.images,
-                100.0 * report.adversarial_accuracy
-            );
-        }
-        let rates: Vec<String> = report
-            .spike_rates
-            .iter()
-            .map(|r| format!("{r:.3}"))
-            .collect();
-        println!("spike rate per layer: {}", rates.join(", "));
-        println!("{:.1} s", report.seconds);
+        print_report(&report);
     }
     Ok(())
+}
+
+fn print_report(report: &EvalReport) {
+    println!(
+        "{} on {} ({} test images)",
+        report.model, report.dataset, report.images
+    );
+    let width = report
+        .attacks
+        .iter()
+        .map(|a| a.name.len() + 1)
+        .chain([12])
+        .max()
+        .unwrap_or(12);
+    println!(
+        "{:<width$} {}/{} = {:.2}%",
+        "clean:",
+        report.clean_correct,
+        report.images,
+        100.0 * report.clean_accuracy
+    );
+    for a in &report.attacks {
+        let p = &a.attack;
+        let budget = match p.kind {
+            AttackKind::Pgd => format!("eps {:.4}, step {:.4}, {} steps", p.eps, p.step, p.steps),
+            _ => format!("eps {:.4}", p.eps),
+        };
+        let from = match (&report.source, a.transfer) {
+            (Some(source), true) => format!(", crafted on {source}"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<width$} {}/{} = {:.2}%  ({budget}{from})",
+            format!("{}:", a.name),
+            a.correct,
+            report.images,
+            100.0 * a.accuracy
+        );
+    }
+    if !report.attacks.is_empty() {
+        println!(
+            "strong robust (worst case per image): {}/{} = {:.2}%  (correct on the clean image and under all {} attacks)",
+            report.worst_case_correct,
+            report.images,
+            100.0 * report.worst_case_accuracy,
+            report.attacks.len()
+        );
+    }
+    let rates: Vec<String> = report
+        .spike_rates
+        .iter()
+        .map(|r| format!("{r:.3}"))
+        .collect();
+    println!("spike rate per layer: {}", rates.join(", "));
+    println!("{:.1} s", report.seconds);
 }
 
 /// A pixel value: a decimal number (`0.1`) or a fraction (`8/255`).
@@ -232,6 +509,10 @@ pub fn flag_error(error: TrainError) -> anyhow::Error {
         "eps" | "adversarial.eps" => "--eps",
         "step" | "adversarial.step" => "--step",
         "steps" | "adversarial.steps" => "--steps",
+        "restarts" => "--restarts",
+        "surrogate" => "--surrogates",
+        "pgd_steps" => "--strong-steps",
+        "source" => "--source",
         other => other,
     };
     anyhow::anyhow!("{flag}: {reason}")
@@ -240,6 +521,7 @@ pub fn flag_error(error: TrainError) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ccsrp_worker::lif::SurrogateKind;
 
     #[test]
     fn pixel_values_parse_as_decimals_or_fractions() {
@@ -261,5 +543,179 @@ mod tests {
             reason: "must be in [0, 1]".into(),
         });
         assert!(e.to_string().starts_with("--eps:"));
+    }
+
+    #[derive(clap::Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        args: EvalArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<EvalArgs, clap::Error> {
+        use clap::Parser;
+        let argv = ["eval", "--model", "m.safetensors"].iter().chain(flags);
+        TestCli::try_parse_from(argv).map(|c| c.args)
+    }
+
+    fn params_of(args: &EvalArgs) -> AttackParams {
+        AttackParams {
+            kind: args.attack,
+            eps: args.eps,
+            step: args.step,
+            steps: args.steps,
+            random_start: true,
+        }
+    }
+
+    fn runs_of(flags: &[&str]) -> anyhow::Result<Vec<AttackRun>> {
+        let args = parse(flags).map_err(|e| anyhow::anyhow!("{e}"))?;
+        attack_runs(&args, &params_of(&args))
+    }
+
+    #[test]
+    fn plain_flags_keep_the_single_configured_attack() {
+        assert!(runs_of(&[]).unwrap().is_empty());
+        let args = parse(&["--attack", "pgd"]).unwrap();
+        assert_eq!(
+            attack_runs(&args, &params_of(&args)).unwrap(),
+            [AttackRun::new(params_of(&args))]
+        );
+        let runs = runs_of(&[
+            "--attack",
+            "pgd",
+            "--restarts",
+            "3",
+            "--surrogates",
+            "atan,triangle:0.5",
+            "--source",
+            "dense.safetensors",
+        ])
+        .unwrap();
+        let labels: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                r.label(
+                    r.surrogate
+                        .unwrap_or(SurrogateSpec::new(SurrogateKind::Sigmoid)),
+                )
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "pgd-7 x3 via sigmoid:4",
+                "pgd-7 x3 via atan:2",
+                "pgd-7 x3 via triangle:0.5",
+                "transfer pgd-7 x3 via sigmoid:4",
+            ]
+        );
+    }
+
+    #[test]
+    fn strong_adds_fgsm_pgd_through_every_surrogate_and_the_transfer() {
+        let runs = runs_of(&["--strong", "--source", "dense.safetensors"]).unwrap();
+        let pgd = StrongAttackPlan::standard(8.0 / 255.0).pgd();
+        assert_eq!(pgd.steps, 50);
+        assert!((pgd.step - 2.5 * (8.0 / 255.0) / 50.0).abs() < 1e-15);
+        let base = AttackRun::new(pgd).with_restarts(2);
+        let mut expected = vec![
+            AttackRun::new(AttackParams::fgsm(8.0 / 255.0)),
+            base.clone(),
+        ];
+        expected.extend(
+            SurrogateSpec::standard()
+                .into_iter()
+                .map(|s| base.clone().through(s)),
+        );
+        expected.push(base.transferred());
+        assert_eq!(runs, expected);
+        // The configured attack comes first, with the strong default of 2 restarts.
+        let runs = runs_of(&["--strong", "--attack", "pgd", "--strong-steps", "20"]).unwrap();
+        assert_eq!(runs[0].params.steps, 7);
+        assert_eq!(runs[0].restarts, 2);
+        assert_eq!(runs[2].params.steps, 20);
+        assert_eq!(runs.len(), 6);
+        // --surrogates replaces the three defaults, --restarts the default 2.
+        let runs = runs_of(&["--strong", "--surrogates", "atan:3", "--restarts", "4"]).unwrap();
+        assert_eq!(runs.len(), 3);
+        assert!(runs[1..].iter().all(|r| r.restarts == 4));
+        assert_eq!(runs[2].surrogate, Some("atan:3".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_strong_flags_are_errors_naming_the_flag() {
+        let err = |flags: &[&str]| runs_of(flags).unwrap_err().to_string();
+        let e = err(&["--attack", "pgd", "--restarts", "0"]);
+        assert!(e.starts_with("--restarts 0"), "{e}");
+        let e = err(&["--strong", "--restarts", "0"]);
+        assert!(e.starts_with("--restarts 0"), "{e}");
+        let e = err(&["--attack", "fgsm", "--restarts", "3"]);
+        assert!(e.starts_with("--restarts 3"), "{e}");
+        let e = err(&["--surrogates", "atan"]);
+        assert!(e.starts_with("--surrogates"), "{e}");
+        let e = err(&["--source", "dense.safetensors"]);
+        assert!(e.starts_with("--source"), "{e}");
+        let e = err(&["--strong", "--strong-steps", "0"]);
+        assert!(e.starts_with("--strong-steps"), "{e}");
+        let e = err(&["--strong", "--eps", "2"]);
+        assert!(e.starts_with("--eps"), "{e}");
+        for bad in ["relu", "atan:0", "sigmoid:x", "atan,,triangle"] {
+            let e = parse(&["--attack", "pgd", "--surrogates", bad])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("--surrogates"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn source_file_errors_name_the_flag_and_the_files() {
+        use ccsrp_worker::arch::{Architecture, InputShape};
+        use ccsrp_worker::model::ModelSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let device = parse_device("cpu").unwrap();
+        let write = |name: &str, side: usize, classes: &[&str]| {
+            let spec = ModelSpec::new(
+                Architecture::preset("tiny").unwrap(),
+                2,
+                InputShape {
+                    channels: 1,
+                    height: side,
+                    width: side,
+                },
+                classes.iter().map(|c| c.to_string()).collect(),
+            );
+            let path = dir.path().join(name);
+            SnnModel::new(spec, &device, 0)
+                .unwrap()
+                .save(&path)
+                .unwrap();
+            path.display().to_string()
+        };
+        let model = write("model.safetensors", 16, &["a", "b"]);
+        let run_with = |source: &str| {
+            let mut args = parse(&["--attack", "fgsm", "--source", source]).unwrap();
+            args.model = PathBuf::from(&model);
+            run(args).unwrap_err().to_string()
+        };
+        let missing = dir.path().join("missing.safetensors").display().to_string();
+        let e = run_with(&missing);
+        assert!(
+            e.starts_with(&format!("--source {missing}: no such model file")),
+            "{e}"
+        );
+        let small = write("small.safetensors", 8, &["a", "b"]);
+        let e = run_with(&small);
+        assert!(
+            e.contains(&format!("--source {small}: takes 1x8x8 images"))
+                && e.contains(&format!("--model {model} takes 1x16x16")),
+            "{e}"
+        );
+        let renamed = write("renamed.safetensors", 16, &["a", "c"]);
+        let e = run_with(&renamed);
+        assert!(
+            e.starts_with(&format!("--source {renamed}: has 2 classes")),
+            "{e}"
+        );
     }
 }

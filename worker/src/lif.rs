@@ -26,7 +26,9 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use crate::cpu_buffer::contiguous_f32;
 use serde::{Deserialize, Serialize};
 
-/// Surrogate gradient of the spike function.
+/// Surrogate gradient of the spike function. Only the backward pass depends on it: the spikes are
+/// always the exact Heaviside step. At each kind's default alpha every surrogate peaks at 1 (at
+/// `h = v_threshold`) and integrates to 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SurrogateKind {
@@ -35,6 +37,128 @@ pub enum SurrogateKind {
     /// spikingjelly's `ATan`: `ds/dh = alpha / 2 / (1 + (pi/2 * alpha * (h - v_threshold))^2)`
     /// (spikingjelly's default alpha is 2).
     Atan,
+    /// The triangle: `ds/dh = alpha * max(0, 1 - alpha * |h - v_threshold|)`, peak `alpha`,
+    /// half-width `1 / alpha` (default alpha 1: peak 1, zero beyond `|h - v_threshold| >= 1`).
+    /// It is the derivative of spikingjelly's `PiecewiseQuadratic` surrogate (Esser et al. 2016),
+    /// the triangle of Bellec et al. 2018 with `gamma = alpha` and width `1 / alpha`.
+    Triangle,
+}
+
+impl SurrogateKind {
+    /// Every kind, in the order the documentation lists them.
+    pub const ALL: [SurrogateKind; 3] = [
+        SurrogateKind::Sigmoid,
+        SurrogateKind::Atan,
+        SurrogateKind::Triangle,
+    ];
+
+    /// The standard sharpness of the kind: sigmoid 4, atan 2 (spikingjelly's defaults), triangle 1.
+    pub fn default_alpha(self) -> f64 {
+        match self {
+            SurrogateKind::Sigmoid => 4.0,
+            SurrogateKind::Atan => 2.0,
+            SurrogateKind::Triangle => 1.0,
+        }
+    }
+
+    /// The name in model files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            SurrogateKind::Sigmoid => "sigmoid",
+            SurrogateKind::Atan => "atan",
+            SurrogateKind::Triangle => "triangle",
+        }
+    }
+}
+
+impl std::fmt::Display for SurrogateKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SurrogateKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SurrogateKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s.trim())
+            .ok_or_else(|| format!("unknown surrogate `{s}`: expected sigmoid, atan or triangle"))
+    }
+}
+
+/// A surrogate and its sharpness: what an attack differentiates the spikes through.
+///
+/// Text form `name[:alpha]` (`sigmoid`, `atan:2`, `triangle:0.5`); without `:alpha` the kind's
+/// [`SurrogateKind::default_alpha`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurrogateSpec {
+    pub kind: SurrogateKind,
+    pub alpha: f64,
+}
+
+impl SurrogateSpec {
+    /// `kind` at its default alpha.
+    pub fn new(kind: SurrogateKind) -> SurrogateSpec {
+        SurrogateSpec {
+            kind,
+            alpha: kind.default_alpha(),
+        }
+    }
+
+    /// Every kind at its default alpha: `sigmoid:4`, `atan:2`, `triangle:1`.
+    pub fn standard() -> Vec<SurrogateSpec> {
+        SurrogateKind::ALL.map(SurrogateSpec::new).to_vec()
+    }
+
+    /// The surrogate of neuron constants `p`.
+    pub fn of(p: &LifParams) -> SurrogateSpec {
+        SurrogateSpec {
+            kind: p.surrogate,
+            alpha: p.alpha,
+        }
+    }
+
+    /// Checks alpha is finite and positive.
+    pub fn validate(&self) -> Result<(), LifError> {
+        if self.alpha.is_finite() && self.alpha > 0.0 {
+            Ok(())
+        } else {
+            Err(LifError::BadParam {
+                field: "alpha",
+                value: self.alpha,
+                expected: "expected a finite number > 0",
+            })
+        }
+    }
+}
+
+impl std::fmt::Display for SurrogateSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind, self.alpha)
+    }
+}
+
+impl std::str::FromStr for SurrogateSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, alpha) = match s.split_once(':') {
+            Some((name, alpha)) => (name, Some(alpha)),
+            None => (s, None),
+        };
+        let kind: SurrogateKind = name.parse()?;
+        let alpha = match alpha {
+            None => kind.default_alpha(),
+            Some(text) => text.trim().parse::<f64>().map_err(|_| {
+                format!("surrogate `{s}`: alpha `{text}` is not a number (expected name[:alpha])")
+            })?,
+        };
+        let spec = SurrogateSpec { kind, alpha };
+        spec.validate()
+            .map_err(|_| format!("surrogate `{s}`: alpha must be a finite number > 0"))?;
+        Ok(spec)
+    }
 }
 
 /// Neuron constants; the defaults are spikingjelly's (tau 2, threshold 1, reset 0, decay_input) with
@@ -47,7 +171,7 @@ pub struct LifParams {
     pub v_reset: f64,
     pub decay_input: bool,
     pub surrogate: SurrogateKind,
-    /// Sharpness of the surrogate.
+    /// Sharpness of the surrogate ([`SurrogateKind`] gives each formula and its default).
     pub alpha: f64,
 }
 
@@ -325,6 +449,12 @@ impl Lif {
                     .recip()?
                     .affine(p.alpha / 2.0, 0.0)
             }
+            SurrogateKind::Triangle => h
+                .affine(p.alpha, -p.alpha * p.v_threshold)?
+                .abs()?
+                .affine(-1.0, 1.0)?
+                .relu()?
+                .affine(p.alpha, 0.0),
         }
     }
 }
@@ -684,6 +814,7 @@ impl Surrogate {
                 let z = std::f32::consts::FRAC_PI_2 * self.alpha * u;
                 self.alpha / 2.0 / (1.0 + z * z)
             }
+            SurrogateKind::Triangle => self.alpha * (1.0 - self.alpha * u.abs()).max(0.0),
         }
     }
 }
@@ -783,6 +914,57 @@ mod tests {
     }
 
     #[test]
+    fn triangle_surrogate_gradient_equals_the_formula() {
+        for alpha in [1.0, 2.0] {
+            surrogate_gradient_matches(SurrogateKind::Triangle, alpha, |u| {
+                alpha * (1.0 - alpha * u.abs()).max(0.0)
+            });
+        }
+    }
+
+    #[test]
+    fn surrogate_specs_parse_print_and_serialise() {
+        let s: SurrogateSpec = "atan".parse().unwrap();
+        assert_eq!(s, SurrogateSpec::new(SurrogateKind::Atan));
+        assert_eq!(s.alpha, 2.0);
+        let t: SurrogateSpec = " triangle:0.5".parse().unwrap();
+        assert_eq!((t.kind, t.alpha), (SurrogateKind::Triangle, 0.5));
+        assert_eq!(t.to_string(), "triangle:0.5");
+        assert_eq!(t.to_string().parse::<SurrogateSpec>(), Ok(t));
+        assert_eq!(
+            SurrogateSpec::standard()
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+            ["sigmoid:4", "atan:2", "triangle:1"]
+        );
+        for bad in ["relu", "atan:0", "atan:-1", "atan:x", "sigmoid:inf", ""] {
+            let err = bad.parse::<SurrogateSpec>().unwrap_err();
+            assert!(err.contains(bad.trim()) || err.contains("unknown"), "{err}");
+        }
+        // The model-file spec names the triangle `triangle` and reads it back.
+        let p = LifParams {
+            surrogate: SurrogateKind::Triangle,
+            alpha: 1.0,
+            ..LifParams::default()
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(r#""surrogate":"triangle""#), "{json}");
+        assert_eq!(serde_json::from_str::<LifParams>(&json).unwrap(), p);
+        assert!(serde_json::from_str::<LifParams>(r#"{"surrogate":"box"}"#).is_err());
+        let err = Lif::new(
+            LifParams {
+                surrogate: SurrogateKind::Triangle,
+                alpha: 0.0,
+                ..LifParams::default()
+            },
+            2,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("lif.alpha"), "{err}");
+    }
+
+    #[test]
     fn fused_inference_gives_exactly_the_differentiable_paths_spikes() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let (t, b, c, hw) = (4usize, 3usize, 5usize, 6usize);
@@ -837,6 +1019,11 @@ mod tests {
             LifParams {
                 surrogate: SurrogateKind::Atan,
                 alpha: 2.0,
+                ..LifParams::default()
+            },
+            LifParams {
+                surrogate: SurrogateKind::Triangle,
+                alpha: 1.0,
                 ..LifParams::default()
             },
             LifParams {

@@ -19,7 +19,7 @@
 
 use crate::arch::{ArchError, Architecture, InputShape, LayerGeometry, KERNEL};
 use crate::data::ImageSet;
-use crate::lif::{ChannelAffine, Drive, Lif, LifError, LifParams};
+use crate::lif::{ChannelAffine, Drive, Lif, LifError, LifParams, SurrogateSpec};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -401,6 +401,22 @@ impl SnnModel {
     /// A deep copy on the same device.
     pub fn try_clone(&self) -> Result<SnnModel, ModelError> {
         self.to_device(&self.device)
+    }
+
+    /// A deep copy (same device) whose LIF neurons backpropagate through `surrogate` instead
+    /// (the spec's `lif.surrogate` and `lif.alpha` replaced). Spikes, logits and weights are
+    /// unchanged: only gradients differ, e.g. to attack a model through another surrogate.
+    pub fn with_surrogate(&self, surrogate: SurrogateSpec) -> Result<SnnModel, ModelError> {
+        let mut spec = self.spec.clone();
+        spec.lif.surrogate = surrogate.kind;
+        spec.lif.alpha = surrogate.alpha;
+        let state: HashMap<String, Tensor> = self.state().into_iter().collect();
+        SnnModel::from_state(spec, &self.device, &state)
+    }
+
+    /// The surrogate gradient the model's LIF neurons backpropagate through.
+    pub fn surrogate(&self) -> SurrogateSpec {
+        SurrogateSpec::of(&self.spec.lif)
     }
 
     /// Trainable parameters (conv weights, batch-norm weights and biases, classifier weight and bias);
@@ -811,6 +827,44 @@ pub(crate) mod tests {
         assert_eq!(gx.dims(), &[4, 1, 12, 12]);
         let after: Vec<f32> = m.blocks[0].running_mean.as_tensor().to_vec1().unwrap();
         assert_ne!(before, after);
+    }
+
+    #[test]
+    fn another_surrogate_changes_the_gradient_but_not_the_logits() {
+        use crate::lif::SurrogateKind;
+        let m = SnnModel::new(tiny_spec("4,M,6,M", 3), &Device::Cpu, 3).unwrap();
+        let x = random_pixels(4, 5);
+        let labels = Tensor::new(&[0u32, 1, 2, 0], &Device::Cpu).unwrap();
+        let grad = |m: &SnnModel| {
+            let v = Var::from_tensor(&x).unwrap();
+            let logits = m.forward_input_grad(v.as_tensor()).unwrap();
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+            let g = loss.backward().unwrap();
+            let g: Vec<f32> = g
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let l: Vec<Vec<f32>> = m.forward_eval(&x).unwrap().to_vec2().unwrap();
+            (g, l)
+        };
+        assert_eq!(m.surrogate().to_string(), "sigmoid:4");
+        let (g0, l0) = grad(&m);
+        for kind in [SurrogateKind::Atan, SurrogateKind::Triangle] {
+            let other = m.with_surrogate(SurrogateSpec::new(kind)).unwrap();
+            assert_eq!(other.surrogate(), SurrogateSpec::new(kind));
+            assert_eq!(other.spec().lif.surrogate, kind);
+            let (g, l) = grad(&other);
+            assert_eq!(l, l0, "{kind:?}: the forward pass must not change");
+            assert_ne!(g, g0, "{kind:?}: the gradient must change");
+        }
+        let bad = SurrogateSpec {
+            kind: SurrogateKind::Atan,
+            alpha: -1.0,
+        };
+        assert!(m.with_surrogate(bad).is_err());
     }
 
     #[test]
