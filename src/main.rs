@@ -34,6 +34,9 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Evaluate a model: clean or under attack.
     Eval(cli::eval::EvalArgs),
+    /// Prune a dense model by a classic criterion (L1 norm, random) and fine-tune it: the
+    /// baselines a job's result is compared with, at equal MACs and fine-tuning budget.
+    Prune(cli::prune::PruneArgs),
     /// Describe a model file: architecture, parameters, MACs.
     Info(cli::info::InfoArgs),
 }
@@ -44,7 +47,11 @@ fn main() -> std::process::ExitCode {
     // threads, small allocations) keeps glibc's per-thread arenas.
     if matches!(
         cli.command,
-        Command::Run(_) | Command::Worker(_) | Command::Train(_) | Command::Eval(_)
+        Command::Run(_)
+            | Command::Worker(_)
+            | Command::Train(_)
+            | Command::Eval(_)
+            | Command::Prune(_)
     ) {
         ccsrp_worker::allocator::keep_freed_memory();
     }
@@ -57,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Health(a) => cli::health::run(a),
         Command::Train(a) => cli::train::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Prune(a) => cli::prune::run(a),
         Command::Info(a) => cli::info::run(a),
     };
     match result {

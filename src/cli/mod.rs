@@ -4,6 +4,7 @@ pub mod eval;
 pub mod health;
 pub mod info;
 pub mod master;
+pub mod prune;
 pub mod run;
 pub mod status;
 pub mod train;

@@ -8,8 +8,11 @@
 //!   the model description for the master, MACs and parameters.
 //! - [`model_file`]: safetensors files (PyTorch `state_dict` names, the spec in the metadata).
 //! - [`prune`]: physical structured pruning by per-layer keep-masks.
+//! - [`criterion`]: the classic criteria baselines prune by (L1 norm, random) and uniform keep
+//!   ratios, solved for a MACs target.
 //! - [`prefix`]: layer inputs and running from layer l on (the prefix cache).
 //! - [`eval`]: exact correct counts and spike rates on u8 images.
+//! - [`held_out`]: a network's clean, FGSM and PGD counts on the validation and test splits.
 //! - [`device`]: `cpu` / `cuda:N` parsing, never falling back silently.
 //!
 //! Around it: [`data`] (datasets as u8 images), [`attack`], [`augment`], [`train`], and
@@ -22,9 +25,11 @@ pub mod augment;
 pub mod batch_norm;
 mod conv;
 mod cpu_buffer;
+pub mod criterion;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod held_out;
 pub mod lif;
 pub mod model;
 pub mod model_file;
