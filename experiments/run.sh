@@ -11,7 +11,8 @@
 #   baselines  ccsrp prune: the dense control (--keep-ratio 1.0), L1 and random at the CCSRP
 #              network's MACs (--match) and at 50 % and 70 % of the dense MACs removed, each with
 #              the job's fine-tuning recipe and the epochs the CCSRP answer received
-#   strong     ccsrp eval --strong on the same test images for every network (transfer from dense)
+#   strong     ccsrp eval --strong $STRONG_FLAGS on the same test images for every network
+#              (transfer from dense)
 #   table      experiments/table.py: results.md and results.json
 #
 # Work files go to ${CCSRP_EXPERIMENTS_DIR:-target/experiments}/NAME; every command and its wall
@@ -103,7 +104,8 @@ for step in "${steps[@]}"; do
         out=$work/strong-$(basename "$dir").json
       fi
       [ -f "$model" ] && [ ! -f "$out" ] || continue
-      timed "$bin" eval --model "$model" "${data_flags[@]}" --strong --eps "$EPS" \
+      # shellcheck disable=SC2086
+      timed "$bin" eval --model "$model" "${data_flags[@]}" --strong --eps "$EPS" $STRONG_FLAGS \
         --source "$work/dense.safetensors" --seed "$seed" --limit "$test_limit" --json > "$out.part"
       mv "$out.part" "$out"
     done
