@@ -4,6 +4,9 @@
 //! sha256 and the total size, every chunk carries its offset. [`chunks`] cuts bytes into that
 //! form; [`Assembler`] rebuilds them on the other end, refusing anything out of order, larger
 //! than announced or than the receiver's limit, and checks the digest before handing bytes out.
+//! The announced size is never trusted for memory: the buffer grows with the bytes that arrive
+//! (at most doubling, never past the announcement), so a header announcing gigabytes followed by
+//! one byte costs one byte.
 
 use crate::v1::ArtifactChunk;
 use sha2::{Digest, Sha256};
@@ -48,7 +51,8 @@ pub fn chunks(bytes: &[u8], sha256: &str) -> Vec<ArtifactChunk> {
 /// Why a chunked transfer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
-    #[error("first chunk must name the artifact's sha256 as 64 lowercase hex digits, got {0:?}")]
+    /// The name as sent, quoted and cut by [`crate::quote::quote`].
+    #[error("first chunk must name the artifact's sha256 as 64 lowercase hex digits, got {0}")]
     BadName(String),
     #[error("artifact of {announced} bytes exceeds the limit of {limit} bytes")]
     TooLarge { announced: u64, limit: u64 },
@@ -94,7 +98,7 @@ impl Assembler {
             Some((_, total)) => *total,
             None => {
                 if !is_sha256_hex(&chunk.sha256) {
-                    return Err(TransferError::BadName(chunk.sha256));
+                    return Err(TransferError::BadName(crate::quote::quote(&chunk.sha256)));
                 }
                 if chunk.total_bytes > self.limit {
                     return Err(TransferError::TooLarge {
@@ -102,7 +106,6 @@ impl Assembler {
                         limit: self.limit,
                     });
                 }
-                self.bytes.reserve_exact(chunk.total_bytes as usize);
                 self.header = Some((chunk.sha256.clone(), chunk.total_bytes));
                 chunk.total_bytes
             }
@@ -119,8 +122,26 @@ impl Assembler {
             return Err(TransferError::SizeMismatch { announced, got });
         }
         self.hasher.update(&chunk.data);
+        let needed = self.bytes.len() + chunk.data.len();
+        if needed > self.bytes.capacity() {
+            // Grow with what arrived: double what is held, at least what this chunk needs, never
+            // past the announced size (which `got <= announced` above keeps honest).
+            let announced = usize::try_from(announced).unwrap_or(usize::MAX);
+            let target = needed.max(self.bytes.len().saturating_mul(2).min(announced));
+            self.bytes.reserve_exact(target - self.bytes.len());
+        }
         self.bytes.extend_from_slice(&chunk.data);
         Ok(())
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Bytes of memory the partial artifact holds now (its buffer's capacity).
+    pub fn buffered(&self) -> usize {
+        self.bytes.capacity()
     }
 
     /// The artifact's name and bytes, once every byte arrived and the digest matches.
@@ -225,6 +246,83 @@ mod tests {
             assemble(cs, u64::MAX),
             Err(TransferError::OutOfOrder { .. })
         ));
+    }
+
+    #[test]
+    fn announced_size_is_not_allocated_before_the_bytes_arrive() {
+        // A header announcing 4 GiB, then one byte: the buffer holds what arrived, not 4 GiB.
+        let mut a = Assembler::new(u64::MAX);
+        a.push(ArtifactChunk {
+            sha256: sha256_hex(b"x"),
+            total_bytes: 4 << 30,
+            offset: 0,
+            data: vec![7],
+        })
+        .unwrap();
+        assert_eq!(a.received(), 1);
+        assert!(
+            a.buffered() < CHUNK_BYTES,
+            "{} bytes buffered",
+            a.buffered()
+        );
+        assert_eq!(
+            a.finish(),
+            Err(TransferError::SizeMismatch {
+                announced: 4 << 30,
+                got: 1
+            })
+        );
+    }
+
+    #[test]
+    fn buffer_grows_with_the_data_and_never_past_the_announcement() {
+        let bytes: Vec<u8> = (0..(5 * CHUNK_BYTES + 3)).map(|i| i as u8).collect();
+        let sha = sha256_hex(&bytes);
+        let mut a = Assembler::new(u64::MAX);
+        for c in chunks(&bytes, &sha) {
+            let after = a.received() as usize + c.data.len();
+            a.push(c).unwrap();
+            assert!(a.buffered() >= after);
+            assert!(
+                a.buffered() <= (2 * after).min(bytes.len()).max(after),
+                "{} bytes buffered after {after} received",
+                a.buffered()
+            );
+        }
+        assert_eq!(a.buffered(), bytes.len());
+        assert_eq!(a.finish().unwrap().1, bytes);
+    }
+
+    #[test]
+    fn more_bytes_than_announced_are_refused_at_the_chunk() {
+        let mut a = Assembler::new(u64::MAX);
+        let first = ArtifactChunk {
+            sha256: sha256_hex(b"ab"),
+            total_bytes: 1,
+            offset: 0,
+            data: b"ab".to_vec(),
+        };
+        assert_eq!(
+            a.push(first),
+            Err(TransferError::SizeMismatch {
+                announced: 1,
+                got: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_huge_bad_name_is_quoted_short() {
+        let mut a = Assembler::new(u64::MAX);
+        let err = a
+            .push(ArtifactChunk {
+                sha256: "z".repeat(3 << 20),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 512, "{} bytes: {}", err.len(), &err[..200]);
+        assert!(err.contains(&format!("{} bytes", 3 << 20)), "{err}");
     }
 
     #[test]

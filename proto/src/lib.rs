@@ -7,12 +7,14 @@
 //! - [`auth`]: the shared bearer token (client interceptor and the server's check).
 //! - [`cost`]: MACs and parameter counts of a model description for any per-layer filter counts.
 //! - [`mask`]: packing and checking of per-layer keep-masks.
+//! - [`quote`]: bounded quoting of peer input in status messages and log lines.
 //! - [`shard`]: the one rule that cuts a split into shards.
 
 pub mod artifact_chunks;
 pub mod auth;
 pub mod cost;
 pub mod mask;
+pub mod quote;
 pub mod shard;
 
 /// Generated code of the `ccsrp.v1` protobuf package.
