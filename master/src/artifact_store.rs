@@ -18,7 +18,8 @@ use ccsrp_proto::artifact_chunks::{is_sha256_hex, sha256_hex};
 pub enum StoreError {
     #[error("artifact store {path}: {error}")]
     Io { path: String, error: std::io::Error },
-    #[error("artifact name {0:?}: expected 64 lowercase hex digits (a sha256)")]
+    /// The name as given, quoted and cut by `ccsrp_proto::quote::quote`.
+    #[error("artifact name {0}: expected 64 lowercase hex digits (a sha256)")]
     BadName(String),
     #[error("artifact {0} is not in the store")]
     Missing(String),
@@ -90,7 +91,7 @@ impl ArtifactStore {
     /// so a hostile name never escapes the directory.
     pub fn path(&self, name: &str) -> Result<PathBuf, StoreError> {
         if !is_sha256_hex(name) {
-            return Err(StoreError::BadName(name.to_string()));
+            return Err(StoreError::BadName(ccsrp_proto::quote::quote(name)));
         }
         Ok(self.dir.join(name))
     }

@@ -1,11 +1,15 @@
 //! The master's side of the optional shared token: loading it, and the interceptor that checks it on
 //! every RPC of every service (`ccsrp_proto::auth::check`), so a worker or client without it gets
-//! UNAUTHENTICATED before any handler runs.
+//! UNAUTHENTICATED before any handler runs. Refusals are logged rate-limited per peer
+//! ([`crate::peer_log`]): a client hammering the master without the token adds a few lines and a
+//! periodic count, not a line per call.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use tonic::{Request, Status};
+
+use crate::peer_log::{peer_of, show, PeerLog};
 
 /// Environment variable holding the job's token (used when no token file is given).
 pub const TOKEN_ENV: &str = "CCSRP_TOKEN";
@@ -64,18 +68,30 @@ impl AccessToken {
 
 /// Interceptor for every service: refuses requests without the job's token.
 #[derive(Clone)]
-pub struct RequireToken(AccessToken);
+pub struct RequireToken {
+    token: AccessToken,
+    log: Arc<PeerLog>,
+}
 
 impl RequireToken {
+    /// Refusals logged through a log of their own.
     pub fn new(token: AccessToken) -> RequireToken {
-        RequireToken(token)
+        RequireToken::with_log(token, Arc::new(PeerLog::default()))
+    }
+
+    /// Refusals logged through `log` (the job's, so one flush summarises every peer).
+    pub fn with_log(token: AccessToken, log: Arc<PeerLog>) -> RequireToken {
+        RequireToken { token, log }
     }
 }
 
 impl tonic::service::Interceptor for RequireToken {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        if let Err(status) = ccsrp_proto::auth::check(&req, self.0.secret()) {
-            tracing::warn!(reason = status.message(), "request refused");
+        if let Err(status) = ccsrp_proto::auth::check(&req, self.token.secret()) {
+            let peer = peer_of(req.remote_addr());
+            if self.log.allow(peer, "request refused") {
+                tracing::warn!(peer = %show(peer), reason = status.message(), "request refused");
+            }
             return Err(status);
         }
         Ok(req)

@@ -5,14 +5,17 @@
 //! Leases are deliberately not saved: after a restart every outstanding item is leased afresh, and
 //! because the engine's results do not depend on arrival order, a master killed at any moment and
 //! resumed from its last checkpoint finishes with the same result. The checkpoint records the
-//! fingerprint of the job file it belongs to, so a state dir is never resumed under another job.
+//! fingerprint of the job file it belongs to, so a state dir is never resumed under another job,
+//! and [`check_fits`] compares the saved engine's own job (seed, engine sections, eval split,
+//! dense model) with the job file's, so a checkpoint that parses but does not fit the job is an
+//! error naming the file, never a panic later.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::artifact_store::{write_atomic, StoreError};
-use crate::Engine;
+use crate::artifact_store::{write_atomic, ArtifactStore, StoreError};
+use crate::{DenseModel, Engine, JobSpec};
 
 /// File name of the checkpoint inside the state dir.
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";
@@ -39,6 +42,8 @@ pub enum CheckpointError {
         found: String,
         expected: String,
     },
+    #[error("checkpoint {path} does not fit this job: {detail}; use a fresh --state-dir (or remove the file to start the job over)")]
+    Mismatch { path: String, detail: String },
 }
 
 /// What the checkpoint file holds.
@@ -108,10 +113,67 @@ pub fn read(path: &Path, fingerprint: &str) -> Result<Option<Engine>, Checkpoint
     Ok(Some(checkpoint.engine))
 }
 
+/// Checks that `engine`, read from the checkpoint at `path`, runs the job `expected` describes
+/// (the spec a fresh start would build; its dense model is compared by kind, since a given model
+/// is named by content only once imported), and that a given dense model is in `store`.
+pub fn check_fits(
+    path: &Path,
+    engine: &Engine,
+    expected: &JobSpec,
+    store: &ArtifactStore,
+) -> Result<(), CheckpointError> {
+    let mismatch = |detail: String| CheckpointError::Mismatch {
+        path: path.display().to_string(),
+        detail,
+    };
+    let saved = engine.spec();
+    if saved.seed != expected.seed {
+        return Err(mismatch(format!(
+            "its job.seed is {}, the job file's is {}",
+            saved.seed, expected.seed
+        )));
+    }
+    if saved.eval_samples != expected.eval_samples || saved.eval_shards != expected.eval_shards {
+        return Err(mismatch(format!(
+            "its eval split is {} images in {} shards, the job file's is {} in {}",
+            saved.eval_samples, saved.eval_shards, expected.eval_samples, expected.eval_shards
+        )));
+    }
+    if saved.config != expected.config {
+        return Err(mismatch(
+            "its engine sections ([evolution], [objectives], [stop], [adversarial], [finetune], \
+             [test_attack], [pretrain]) differ from the job file's"
+                .to_string(),
+        ));
+    }
+    match (&saved.dense, &expected.dense) {
+        (DenseModel::Train, DenseModel::Train) => {}
+        (DenseModel::Given { model, .. }, DenseModel::Given { .. }) => {
+            if !store.contains(&model.0) {
+                return Err(mismatch(format!(
+                    "its dense model {} is not in the artifact store",
+                    ccsrp_proto::quote::quote(&model.0)
+                )));
+            }
+        }
+        (DenseModel::Train, DenseModel::Given { .. }) => {
+            return Err(mismatch(
+                "it trains its dense model, the job file gives one ([model] path)".to_string(),
+            ))
+        }
+        (DenseModel::Given { .. }, DenseModel::Train) => {
+            return Err(mismatch(
+                "it was given a dense model, the job file gives none ([model] path)".to_string(),
+            ))
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DenseModel, EngineConfig, JobSpec};
+    use crate::EngineConfig;
 
     fn engine() -> Engine {
         Engine::new(JobSpec {
@@ -165,6 +227,45 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec![CHECKPOINT_FILE.to_string()]);
+    }
+
+    #[test]
+    fn checkpoint_of_another_spec_does_not_fit_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(&dir.path().join("artifacts")).unwrap();
+        let path = path_in(dir.path());
+        let saved = engine();
+        let expected = saved.spec().clone();
+        check_fits(&path, &saved, &expected, &store).unwrap();
+        type Change = Box<dyn Fn(&mut JobSpec)>;
+        let changes: Vec<(&str, Change)> = vec![
+            ("job.seed", Box::new(|s| s.seed += 1)),
+            ("eval split", Box::new(|s| s.eval_shards += 1)),
+            (
+                "engine sections",
+                Box::new(|s| s.config.evolution.generations += 1),
+            ),
+            (
+                "gives one",
+                Box::new(|s| {
+                    s.dense = DenseModel::Given {
+                        model: crate::ModelRef("m".into()),
+                        description: Default::default(),
+                    }
+                }),
+            ),
+        ];
+        for (what, change) in changes {
+            let mut other = expected.clone();
+            change(&mut other);
+            let err = check_fits(&path, &saved, &other, &store)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(what) && err.contains("checkpoint.json"),
+                "{what}: {err}"
+            );
+        }
     }
 
     #[test]

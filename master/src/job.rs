@@ -5,12 +5,18 @@
 //! across an await or I/O): a result costs a map lookup, the engine's fold, and a few counters.
 //! Checkpoint bytes are produced under the lock only when the state changed, and written outside
 //! it by the checkpointer (see `server`).
+//!
+//! What peers can make the master hold is bounded: at most `runtime.max_workers` registrations
+//! (RESOURCE_EXHAUSTED beyond), each forgotten when not seen (no lease, heartbeat or report) for
+//! `FORGET_AFTER_LEASES` lease periods; client strings are quoted in status messages through
+//! `ccsrp_proto::quote`, cut to a few hundred bytes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ccsrp_proto::quote::{clip, quote};
 use ccsrp_proto::v1::{self, LeaseState};
 use tokio::sync::{broadcast, watch, Notify};
 use tonic::Status;
@@ -19,6 +25,7 @@ use crate::artifact_store::ArtifactStore;
 use crate::job_config::JobConfig;
 use crate::lease::{LeaseTable, Stale};
 use crate::outcome::NetworkRecord;
+use crate::peer_log::PeerLog;
 use crate::{wire, Engine, Phase, Told};
 
 /// Shards a worker is remembered to hold (most recent first), for lease affinity.
@@ -26,6 +33,12 @@ const AFFINITY_SHARDS: usize = 4;
 
 /// Most tasks one lease call may take.
 pub const MAX_TASKS_PER_LEASE: u32 = 64;
+
+/// Most task ids one heartbeat may name.
+pub const MAX_HEARTBEAT_TASKS: usize = 4096;
+
+/// Longest task id the master issues is far shorter; a longer one is refused, never echoed.
+pub const MAX_TASK_ID_BYTES: usize = 256;
 
 /// What the worker-facing settings of the job are (sent on registration).
 #[derive(Debug, Clone)]
@@ -36,6 +49,15 @@ pub struct JobSettings {
     pub lease: Duration,
     pub heartbeat: Duration,
     pub max_artifact_bytes: u64,
+    /// An upload idle this long is cancelled.
+    pub upload_idle: Duration,
+    /// Uploads in progress at once, in total and per connection.
+    pub max_uploads: u32,
+    pub max_uploads_per_connection: u32,
+    /// Workers registered at once.
+    pub max_workers: u32,
+    /// A worker unseen this long is forgotten.
+    pub forget_workers_after: Duration,
     /// Fingerprint of the job file (checkpoints are tied to it).
     pub fingerprint: String,
 }
@@ -60,6 +82,11 @@ impl JobSettings {
             lease: config.runtime.lease(),
             heartbeat: config.runtime.heartbeat(),
             max_artifact_bytes: config.runtime.max_artifact_bytes(),
+            upload_idle: config.runtime.upload_idle(),
+            max_uploads: config.runtime.max_uploads,
+            max_uploads_per_connection: config.runtime.max_uploads_per_connection,
+            max_workers: config.runtime.max_workers,
+            forget_workers_after: config.runtime.forget_workers_after(),
             fingerprint: config.fingerprint(),
         }
     }
@@ -67,8 +94,18 @@ impl JobSettings {
 
 #[derive(Debug)]
 struct WorkerInfo {
-    last_seen: Instant,
+    /// Seen until then: the last call, or the end of the long poll it is waiting in.
+    seen_until: Instant,
+    /// Has leased, heartbeaten or reported (a registration alone does not make a worker alive).
+    active: bool,
     recent_shards: VecDeque<u32>,
+}
+
+impl WorkerInfo {
+    fn seen(&mut self, until: Instant) {
+        self.seen_until = self.seen_until.max(until);
+        self.active = true;
+    }
 }
 
 struct State {
@@ -112,6 +149,8 @@ pub struct Job {
     events: broadcast::Sender<String>,
     accepted: AtomicU64,
     dropped: AtomicU64,
+    /// Rate limits of log lines about what peers do.
+    peer_log: Arc<PeerLog>,
 }
 
 fn phase_name(p: Phase) -> &'static str {
@@ -183,6 +222,7 @@ impl Job {
             events,
             accepted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            peer_log: Arc::new(PeerLog::default()),
         }
     }
 
@@ -198,7 +238,13 @@ impl Job {
         &self.store
     }
 
-    /// Handles a registration: checks protocol version, backend and worker id.
+    /// The rate limits of log lines about peers (shared with the token check).
+    pub fn peer_log(&self) -> &Arc<PeerLog> {
+        &self.peer_log
+    }
+
+    /// Handles a registration: checks protocol version, backend and worker id, and that a new
+    /// worker fits under `runtime.max_workers` (after forgetting the workers not seen lately).
     pub fn register(&self, req: &v1::RegisterRequest) -> Result<v1::RegisterReply, Status> {
         if req.protocol_version != ccsrp_proto::PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -209,19 +255,37 @@ impl Job {
         }
         if req.backend != self.settings.backend {
             return Err(Status::failed_precondition(format!(
-                "backend {:?}: this job is pinned to backend {:?} (results must not depend on the worker)",
-                req.backend, self.settings.backend
+                "backend {}: this job is pinned to backend {:?} (results must not depend on the worker)",
+                quote(&req.backend),
+                self.settings.backend
             )));
         }
         let worker = parse_worker_id(&req.worker_id)?;
-        self.lock().workers.insert(
+        let now = Instant::now();
+        let mut st = self.lock();
+        let max = self.settings.max_workers as usize;
+        if !st.workers.contains_key(&worker) && st.workers.len() >= max {
+            let forgotten = self.forget_stale_locked(&mut st, now);
+            if forgotten > 0 {
+                tracing::info!(forgotten, "workers not seen lately forgotten");
+            }
+            if st.workers.len() >= max {
+                return Err(Status::resource_exhausted(format!(
+                    "{} workers are registered, the most this master takes (runtime.max_workers = {max}); a worker not seen for {} s is forgotten: retry later",
+                    st.workers.len(),
+                    self.settings.forget_workers_after.as_secs_f64()
+                )));
+            }
+        }
+        st.workers.insert(
             worker,
             WorkerInfo {
-                last_seen: Instant::now(),
+                seen_until: now,
+                active: false,
                 recent_shards: VecDeque::new(),
             },
         );
-        tracing::info!(worker_id = %req.worker_id, device = %req.device, threads = req.threads, "worker registered");
+        drop(st);
         Ok(v1::RegisterReply {
             protocol_version: ccsrp_proto::PROTOCOL_VERSION,
             job_name: self.settings.name.clone(),
@@ -232,8 +296,14 @@ impl Job {
         })
     }
 
-    /// Leases up to `max_tasks` tasks to a registered worker without waiting.
-    pub fn try_lease(&self, worker_id: &str, max_tasks: u32) -> Result<Leased, Status> {
+    /// Leases up to `max_tasks` tasks to a registered worker without waiting; the worker counts as
+    /// seen until `poll_until` (the end of the long poll it waits in).
+    pub fn try_lease(
+        &self,
+        worker_id: &str,
+        max_tasks: u32,
+        poll_until: Instant,
+    ) -> Result<Leased, Status> {
         let now = Instant::now();
         let max = max_tasks.clamp(1, MAX_TASKS_PER_LEASE) as usize;
         let lease_ms = self.settings.lease.as_millis() as u64;
@@ -248,7 +318,7 @@ impl Job {
         let Some(info) = st.workers.get_mut(worker_id) else {
             return Err(not_registered(worker_id));
         };
-        info.last_seen = now;
+        info.seen(now.max(poll_until));
         let affinity: Vec<u32> = info.recent_shards.iter().copied().collect();
         let grants = st.leases.lease(&worker, max, &affinity, now);
         if grants.is_empty() {
@@ -279,12 +349,20 @@ impl Job {
     pub fn report(&self, worker_id: &str, result: &v1::TaskResult) -> Result<Taken, Status> {
         if result.worker_id != worker_id {
             return Err(Status::invalid_argument(format!(
-                "task {}: result names worker {:?}, the stream belongs to {worker_id:?}",
-                result.task_id, result.worker_id
+                "task {}: result names worker {}, the stream belongs to {}",
+                quote(&result.task_id),
+                quote(&result.worker_id),
+                quote(worker_id)
             )));
         }
-        let work =
-            wire::work_result(result).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if result.task_id.len() > MAX_TASK_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "task_id {}: longer than any task id this master issues ({MAX_TASK_ID_BYTES} bytes)",
+                quote(&result.task_id)
+            )));
+        }
+        let work = wire::work_result(result)
+            .map_err(|e| Status::invalid_argument(clip(&e.to_string())))?;
         for name in wire::referenced_artifacts(&work.output) {
             if !self.store.contains(name) {
                 return Err(Status::failed_precondition(format!(
@@ -297,7 +375,7 @@ impl Job {
         let mut guard = self.lock();
         let st = &mut *guard;
         match st.workers.get_mut(worker_id) {
-            Some(info) => info.last_seen = now,
+            Some(info) => info.seen(now),
             None => return Err(not_registered(worker_id)),
         }
         if let Err(stale) = st.leases.check_result(worker_id, &work.id, result.attempt) {
@@ -312,7 +390,7 @@ impl Job {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return Ok(Taken::Dropped(Stale::Duplicate));
             }
-            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+            Err(e) => return Err(Status::invalid_argument(clip(&e.to_string()))),
         }
         st.leases.complete(&id);
         let new_items = st.engine.ask();
@@ -364,11 +442,23 @@ impl Job {
         worker_id: &str,
         task_ids: &[String],
     ) -> Result<v1::HeartbeatReply, Status> {
+        if task_ids.len() > MAX_HEARTBEAT_TASKS {
+            return Err(Status::invalid_argument(format!(
+                "task_ids: {} ids, at most {MAX_HEARTBEAT_TASKS} per heartbeat",
+                task_ids.len()
+            )));
+        }
+        if let Some(long) = task_ids.iter().find(|id| id.len() > MAX_TASK_ID_BYTES) {
+            return Err(Status::invalid_argument(format!(
+                "task_ids: {}: longer than any task id this master issues ({MAX_TASK_ID_BYTES} bytes)",
+                quote(long)
+            )));
+        }
         let now = Instant::now();
         let mut st = self.lock();
         let st = &mut *st;
         match st.workers.get_mut(worker_id) {
-            Some(info) => info.last_seen = now,
+            Some(info) => info.seen(now),
             None => return Err(not_registered(worker_id)),
         }
         let lost_task_ids = task_ids
@@ -400,6 +490,42 @@ impl Job {
         next
     }
 
+    /// Forgets every registration not seen for `runtime.lease_seconds` x
+    /// [`crate::job_config::FORGET_AFTER_LEASES`] at `now`; returns how many.
+    pub fn forget_stale_workers(&self, now: Instant) -> usize {
+        let mut st = self.lock();
+        self.forget_stale_locked(&mut st, now)
+    }
+
+    fn forget_stale_locked(&self, st: &mut State, now: Instant) -> usize {
+        let before = st.workers.len();
+        let after = self.settings.forget_workers_after;
+        st.workers
+            .retain(|_, w| now.saturating_duration_since(w.seen_until) <= after);
+        before - st.workers.len()
+    }
+
+    /// Workers registered now (alive or not yet forgotten).
+    pub fn registered_workers(&self) -> usize {
+        self.lock().workers.len()
+    }
+
+    /// Workers alive at `now`: leased, heartbeaten or reported within a lease period (a worker
+    /// waiting in a long poll counts until the poll ends).
+    pub fn workers_alive(&self, now: Instant) -> usize {
+        let st = self.lock();
+        self.alive_locked(&st, now)
+    }
+
+    fn alive_locked(&self, st: &State, now: Instant) -> usize {
+        st.workers
+            .values()
+            .filter(|w| {
+                w.active && now.saturating_duration_since(w.seen_until) <= self.settings.lease
+            })
+            .count()
+    }
+
     /// Whether the engine reached its answer.
     pub fn is_done(&self) -> bool {
         self.lock().engine.is_done()
@@ -416,11 +542,7 @@ impl Job {
         let st = self.lock();
         let p = st.engine.progress();
         let evo = &st.engine.spec().config.evolution;
-        let alive = st
-            .workers
-            .values()
-            .filter(|w| now.duration_since(w.last_seen) <= self.settings.lease)
-            .count();
+        let alive = self.alive_locked(&st, now);
         v1::JobStatus {
             job_name: self.settings.name.clone(),
             phase: phase_name(p.phase).to_string(),
@@ -503,7 +625,8 @@ impl Job {
 
 fn not_registered(worker_id: &str) -> Status {
     Status::failed_precondition(format!(
-        "worker {worker_id:?} is not registered (the master may have restarted): call Register first"
+        "worker {} is not registered (the master may have restarted, or forgot a worker it did not see for a while): call Register first",
+        quote(worker_id)
     ))
 }
 
@@ -513,13 +636,14 @@ pub fn parse_worker_id(id: &str) -> Result<Arc<str>, Status> {
     match uuid::Uuid::parse_str(id) {
         Ok(u) if u.hyphenated().to_string() == id => Ok(Arc::from(id)),
         Ok(u) => Err(Status::invalid_argument(format!(
-            "worker_id {id:?}: expected the canonical lowercase hyphenated UUID text ({})",
+            "worker_id {}: expected the canonical lowercase hyphenated UUID text ({})",
+            quote(id),
             u.hyphenated()
         ))),
-        Err(e) => Err(Status::invalid_argument(format!(
-            "worker_id {:?}: expected a UUID: {e}",
-            id.chars().take(80).collect::<String>()
-        ))),
+        Err(e) => Err(Status::invalid_argument(clip(&format!(
+            "worker_id {}: expected a UUID: {e}",
+            quote(id)
+        )))),
     }
 }
 
@@ -538,5 +662,136 @@ pub fn lease_reply(leased: Leased) -> v1::LeaseReply {
             state: LeaseState::JobDone as i32,
             tasks: vec![],
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DenseModel, JobSpec};
+
+    fn job(runtime: &str) -> (Job, tempfile::TempDir) {
+        let config = JobConfig::parse(&format!("[runtime]\n{runtime}\n"), "test job").unwrap();
+        let engine = Engine::new(JobSpec {
+            seed: 1,
+            config: config.engine_config(),
+            dense: DenseModel::Train,
+            eval_samples: 64,
+            eval_shards: 2,
+        })
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        (Job::new(JobSettings::of(&config), engine, store), dir)
+    }
+
+    fn register(job: &Job, id: &str) -> Result<v1::RegisterReply, Status> {
+        job.register(&v1::RegisterRequest {
+            worker_id: id.into(),
+            protocol_version: ccsrp_proto::PROTOCOL_VERSION,
+            backend: "cpu".into(),
+            ..Default::default()
+        })
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect()
+    }
+
+    #[test]
+    fn registrations_alone_are_not_alive_and_unseen_ones_are_forgotten() {
+        let (job, _dir) = job("lease_seconds = 10\nheartbeat_seconds = 1");
+        let flood = ids(200);
+        for id in &flood {
+            register(&job, id).unwrap();
+        }
+        let now = Instant::now();
+        assert_eq!(job.registered_workers(), 200);
+        assert_eq!(
+            job.workers_alive(now),
+            0,
+            "a registration alone is not a live worker"
+        );
+        // One real worker leases: it is alive, and seen until the end of its long poll.
+        let real = &flood[0];
+        job.try_lease(real, 1, now + Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(job.workers_alive(now), 1);
+        // Three lease periods (30 s) later the flood is forgotten; the poller still counts.
+        assert_eq!(job.forget_stale_workers(now + Duration::from_secs(31)), 199);
+        assert_eq!(job.registered_workers(), 1);
+        assert_eq!(job.forget_stale_workers(now + Duration::from_secs(61)), 1);
+        assert_eq!(job.registered_workers(), 0);
+        // A forgotten worker is told to register again.
+        let err = job.heartbeat(real, &[]).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("Register"), "{}", err.message());
+    }
+
+    #[test]
+    fn registrations_beyond_max_workers_are_resource_exhausted() {
+        let (job, _dir) = job("max_workers = 3");
+        let workers = ids(4);
+        for id in &workers[..3] {
+            register(&job, id).unwrap();
+        }
+        let err = register(&job, &workers[3]).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            err.message().contains("runtime.max_workers = 3"),
+            "{}",
+            err.message()
+        );
+        // Registering again under a known id is not a new worker.
+        register(&job, &workers[0]).unwrap();
+        assert_eq!(job.registered_workers(), 3);
+    }
+
+    #[test]
+    fn huge_client_strings_come_back_short() {
+        let (job, _dir) = job("");
+        let big = "x".repeat(3 << 20);
+        let refusals = [
+            register(&job, &big).unwrap_err(),
+            job.register(&v1::RegisterRequest {
+                worker_id: ids(1).remove(0),
+                protocol_version: ccsrp_proto::PROTOCOL_VERSION,
+                backend: big.clone(),
+                ..Default::default()
+            })
+            .unwrap_err(),
+            job.try_lease(&big, 1, Instant::now()).unwrap_err(),
+            job.heartbeat(&big, &[]).unwrap_err(),
+            job.heartbeat(&ids(1)[0], std::slice::from_ref(&big))
+                .unwrap_err(),
+            job.heartbeat(&ids(1)[0], &vec!["t".to_string(); MAX_HEARTBEAT_TASKS + 1])
+                .unwrap_err(),
+            job.report(
+                &big,
+                &v1::TaskResult {
+                    worker_id: big.clone(),
+                    task_id: big.clone(),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err(),
+            job.report(
+                "w",
+                &v1::TaskResult {
+                    worker_id: "w".into(),
+                    task_id: big.clone(),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err(),
+        ];
+        for status in refusals {
+            assert!(
+                status.message().len() < 1024,
+                "{} bytes: {}",
+                status.message().len(),
+                &status.message()[..300]
+            );
+        }
     }
 }

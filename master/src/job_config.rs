@@ -4,7 +4,8 @@
 //! field is an error, so a typo never silently falls back to a default):
 //! - `[job]` seed, name, backend; `[data]` the dataset and how the eval split is cut;
 //!   `[model]` the dense model file (absent: the first task trains one); `[runtime]` leases,
-//!   heartbeats, checkpoints, artifact size limit.
+//!   heartbeats, checkpoints, and the limits on what peers may make the master hold (artifact
+//!   size, uploads in progress and their idle timeout, registered workers).
 //! - The engine's sections, unchanged: `[evolution]`, `[objectives]`, `[stop]`, `[adversarial]`,
 //!   `[finetune]`, `[test_attack]`, `[pretrain]` (see `crate::config`).
 //!
@@ -157,9 +158,26 @@ pub struct RuntimeSection {
     /// of the job and on shutdown). A result accepted after the last checkpoint is simply computed
     /// again after a crash. Default 1.0.
     pub checkpoint_seconds: f64,
-    /// Largest artifact a worker may upload, in MiB. Default 4096.
+    /// Largest artifact a worker may upload, in MiB. Default 4096. An upload's buffer grows with
+    /// the bytes that arrive, never from the size its first chunk announces.
     pub max_artifact_mib: u64,
+    /// An upload that sends no chunk for this long is cancelled and its partial bytes freed.
+    /// Default 60.
+    pub upload_idle_seconds: f64,
+    /// Uploads in progress at once, all workers together; a further upload waits up to
+    /// `upload_idle_seconds` for one to end, then is refused with RESOURCE_EXHAUSTED. Default 64.
+    pub max_uploads: u32,
+    /// Uploads in progress at once on one connection (a worker uses one); a further one is
+    /// refused with RESOURCE_EXHAUSTED. Default 4.
+    pub max_uploads_per_connection: u32,
+    /// Workers registered at once; a registration beyond it is refused with RESOURCE_EXHAUSTED.
+    /// A registration not seen (no lease, heartbeat or report) for [`FORGET_AFTER_LEASES`] lease
+    /// periods is forgotten. Default 1024.
+    pub max_workers: u32,
 }
+
+/// A worker not seen for this many lease periods is forgotten (it registers again if it returns).
+pub const FORGET_AFTER_LEASES: u32 = 3;
 
 impl Default for RuntimeSection {
     fn default() -> Self {
@@ -168,6 +186,10 @@ impl Default for RuntimeSection {
             heartbeat_seconds: 10.0,
             checkpoint_seconds: 1.0,
             max_artifact_mib: 4096,
+            upload_idle_seconds: 60.0,
+            max_uploads: 64,
+            max_uploads_per_connection: 4,
+            max_workers: 1024,
         }
     }
 }
@@ -187,6 +209,15 @@ impl RuntimeSection {
 
     pub fn max_artifact_bytes(&self) -> u64 {
         self.max_artifact_mib.saturating_mul(1 << 20)
+    }
+
+    pub fn upload_idle(&self) -> Duration {
+        Duration::from_secs_f64(self.upload_idle_seconds)
+    }
+
+    /// How long a worker may go unseen before its registration is forgotten.
+    pub fn forget_workers_after(&self) -> Duration {
+        self.lease() * FORGET_AFTER_LEASES
     }
 }
 
@@ -296,8 +327,32 @@ impl JobConfig {
                 "a number of seconds > 0",
             ));
         }
-        if r.max_artifact_mib == 0 {
-            return Err(invalid("runtime.max_artifact_mib", 0, "value >= 1"));
+        if r.max_artifact_mib == 0 || r.max_artifact_mib > 1 << 30 {
+            return Err(invalid(
+                "runtime.max_artifact_mib",
+                r.max_artifact_mib,
+                "1 <= value <= 1073741824",
+            ));
+        }
+        if !positive(r.upload_idle_seconds) {
+            return Err(invalid(
+                "runtime.upload_idle_seconds",
+                r.upload_idle_seconds,
+                "a number of seconds > 0",
+            ));
+        }
+        if r.max_uploads == 0 {
+            return Err(invalid("runtime.max_uploads", 0, "value >= 1"));
+        }
+        if r.max_uploads_per_connection == 0 || r.max_uploads_per_connection > r.max_uploads {
+            return Err(invalid(
+                "runtime.max_uploads_per_connection",
+                r.max_uploads_per_connection,
+                &format!("1 <= value <= runtime.max_uploads ({})", r.max_uploads),
+            ));
+        }
+        if r.max_workers == 0 {
+            return Err(invalid("runtime.max_workers", 0, "value >= 1"));
         }
         self.engine_config().validate()
     }
@@ -363,6 +418,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("runtime.heartbeat_seconds"), "{err}");
+        for (line, field) in [
+            ("upload_idle_seconds = 0", "runtime.upload_idle_seconds"),
+            ("max_uploads = 0", "runtime.max_uploads"),
+            (
+                "max_uploads_per_connection = 0",
+                "runtime.max_uploads_per_connection",
+            ),
+            (
+                "max_uploads = 2\nmax_uploads_per_connection = 3",
+                "runtime.max_uploads_per_connection",
+            ),
+            ("max_workers = 0", "runtime.max_workers"),
+            ("max_artifact_mib = 0", "runtime.max_artifact_mib"),
+        ] {
+            let err = JobConfig::parse(&format!("[runtime]\n{line}\n"), "j")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{line}: {err}");
+        }
         let err = JobConfig::parse("[evolution]\nmutation_rate = 1.5\n", "j")
             .unwrap_err()
             .to_string();

@@ -23,6 +23,8 @@
 //!   lock held only for bookkeeping; [`wire`] maps work items and results to `ccsrp.v1`.
 //! - [`service`]: the Coordinator, Artifacts and Progress gRPC services.
 //! - [`lease`], [`artifact_store`], [`checkpoint`], [`auth`], [`shutdown`]: one concept each.
+//! - [`peer_log`]: log lines about peers, rate-limited per peer (client strings in messages are
+//!   quoted through `ccsrp_proto::quote`, cut to a few hundred bytes).
 //! - [`job_config`]: the job file; [`dense_model`]: a given model's description without tensors;
 //!   [`client`]: connections for the progress readers (`ccsrp status/watch/health`).
 
@@ -48,6 +50,7 @@ pub mod dense_model;
 pub mod job;
 pub mod job_config;
 pub mod lease;
+pub mod peer_log;
 pub mod results;
 pub mod server;
 pub mod service;

@@ -1,15 +1,21 @@
 //! [`serve`]: runs one job's master on a listener until the job is done (plus a linger for workers
 //! to learn it) or shutdown is requested, then writes the final checkpoint and the results.
 //!
-//! Startup: open the artifact store, resume the engine from the state dir's checkpoint when there is
-//! one (else start it, importing the dense model file into the store), then serve
+//! Startup: lock the state dir (one master per state dir: an advisory lock on
+//! `<state dir>/master.lock`, held while serving, so a second master on the same dir is refused),
+//! open the artifact store, resume the engine from the state dir's checkpoint when there is
+//! one and it fits the job (else start it, importing the dense model file into the store), then
+//! serve
 //! Coordinator, Artifacts, Progress (all behind the token check), health and reflection (v1 and
 //! v1alpha). Two background tasks run beside the server: the checkpointer (at most one write per
-//! `runtime.checkpoint_seconds`, only when the state changed) and lease expiry.
+//! `runtime.checkpoint_seconds`, only when the state changed) and upkeep: lease expiry, forgetting
+//! workers not seen lately, and the periodic summaries of rate-limited log lines.
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ccsrp_proto::v1::artifacts_server::ArtifactsServer;
 use ccsrp_proto::v1::coordinator_server::CoordinatorServer;
@@ -64,6 +70,68 @@ pub enum ServeError {
     Results(#[from] ResultsError),
     #[error("state dir {path}: {error}")]
     StateDir { path: String, error: std::io::Error },
+    #[error("state dir {path} is in use by another master{holder} (it holds the lock {lock}): one master per state dir; stop it, or give this one another --state-dir")]
+    StateDirInUse {
+        path: String,
+        lock: String,
+        holder: String,
+    },
+    #[error("checkpoint {path}: the saved state cannot be resumed (it panicked: {detail}); use a fresh --state-dir (or remove the file to start the job over)")]
+    Resume { path: String, detail: String },
+}
+
+/// Name of the lock file in the state dir.
+pub const LOCK_FILE: &str = "master.lock";
+
+/// A state dir locked for one master: released when dropped (or when the process ends, however).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+/// Locks `state_dir` (created if needed) for this process: an advisory lock on
+/// `<state dir>/master.lock`, which holds the holder's process id. A second master on the same
+/// dir gets [`ServeError::StateDirInUse`].
+pub fn lock_state_dir(state_dir: &Path) -> Result<StateLock, ServeError> {
+    let dir_error = |error| ServeError::StateDir {
+        path: state_dir.display().to_string(),
+        error,
+    };
+    std::fs::create_dir_all(state_dir).map_err(dir_error)?;
+    let path = state_dir.join(LOCK_FILE);
+    let lock_error = |error| ServeError::StateDir {
+        path: path.display().to_string(),
+        error,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_error)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)
+                .and_then(|()| writeln!(file, "{}", std::process::id()))
+                .map_err(lock_error)?;
+            Ok(StateLock { _file: file })
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = (&file).take(32).read_to_string(&mut text);
+            let holder = match text.trim().parse::<u32>() {
+                Ok(pid) => format!(" (process {pid})"),
+                Err(_) => String::new(),
+            };
+            Err(ServeError::StateDirInUse {
+                path: state_dir.display().to_string(),
+                lock: path.display().to_string(),
+                holder,
+            })
+        }
+        Err(TryLockError::Error(error)) => Err(lock_error(error)),
+    }
 }
 
 /// How a master ended.
@@ -83,7 +151,27 @@ pub fn open_job(config: &JobConfig, state_dir: &Path) -> Result<Job, ServeError>
     })?;
     let store = ArtifactStore::open(&state_dir.join("artifacts"))?;
     let settings = JobSettings::of(config);
-    let engine = match checkpoint::read(&checkpoint::path_in(state_dir), &settings.fingerprint)? {
+    let checkpoint_path = checkpoint::path_in(state_dir);
+    let resumed = checkpoint::read(&checkpoint_path, &settings.fingerprint)?;
+    if let Some(engine) = &resumed {
+        let expected = JobSpec {
+            seed: config.job.seed,
+            config: config.engine_config(),
+            dense: match &config.model.path {
+                // Compared by kind only: the file is not read when resuming.
+                Some(_) => DenseModel::Given {
+                    model: crate::ModelRef(String::new()),
+                    description: Default::default(),
+                },
+                None => DenseModel::Train,
+            },
+            eval_samples: u64::from(config.data.eval_size),
+            eval_shards: config.data.eval_shards,
+        };
+        checkpoint::check_fits(&checkpoint_path, engine, &expected, &store)?;
+    }
+    let is_resumed = resumed.is_some();
+    let engine = match resumed {
         Some(engine) => {
             let p = engine.progress();
             tracing::info!(
@@ -115,7 +203,23 @@ pub fn open_job(config: &JobConfig, state_dir: &Path) -> Result<Job, ServeError>
             })?
         }
     };
-    Ok(Job::new(settings, engine, store))
+    if !is_resumed {
+        return Ok(Job::new(settings, engine, store));
+    }
+    // A checkpoint that parsed and fits the job may still hold an inconsistent state (edited by
+    // hand, say): queueing its outstanding items is the first use of it, so a panic there is
+    // reported as an error naming the file rather than taking the process down.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Job::new(settings, engine, store)
+    }))
+    .map_err(|panic| ServeError::Resume {
+        path: checkpoint_path.display().to_string(),
+        detail: panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".to_string()),
+    })
 }
 
 /// Serves the job on `listener` until it is done (plus `linger`) or `shutdown` fires.
@@ -124,6 +228,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<ServeReport, ServeError> {
+    // Held until this function returns: no other master serves this state dir meanwhile.
+    let _lock = lock_state_dir(&options.state_dir)?;
     let job = Arc::new(open_job(&options.config, &options.state_dir)?);
     let checkpoint_path = checkpoint::path_in(&options.state_dir);
     // Internal stop: fired by the outer shutdown or when the job is done and lingered.
@@ -151,7 +257,7 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let auth = RequireToken::new(options.token.clone());
+    let auth = RequireToken::with_log(options.token.clone(), job.peer_log().clone());
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(tonic::service::interceptor::InterceptedService::new(
@@ -181,7 +287,7 @@ pub async fn serve(
         options.config.runtime.checkpoint_interval(),
         stopped.clone(),
     ));
-    let expiry = tokio::spawn(run_expiry(job.clone(), stopped.clone()));
+    let expiry = tokio::spawn(run_upkeep(job.clone(), stopped.clone()));
     let out_dir = options
         .out_dir
         .clone()
@@ -332,10 +438,25 @@ async fn run_checkpointer(job: Arc<Job>, path: PathBuf, interval: Duration, mut 
     }
 }
 
-/// Re-queues expired leases as their deadlines pass.
-async fn run_expiry(job: Arc<Job>, mut stop: Shutdown) {
+/// Re-queues expired leases as their deadlines pass; about once a second, forgets the workers
+/// not seen lately and logs the summaries of rate-limited log lines.
+async fn run_upkeep(job: Arc<Job>, mut stop: Shutdown) {
     const MAX_SLEEP: Duration = Duration::from_millis(500);
+    const HOUSEKEEPING: Duration = Duration::from_secs(1);
+    let mut last_housekeeping = Instant::now();
     loop {
+        if last_housekeeping.elapsed() >= HOUSEKEEPING {
+            last_housekeeping = Instant::now();
+            let forgotten = job.forget_stale_workers(last_housekeeping);
+            if forgotten > 0 {
+                tracing::info!(
+                    forgotten,
+                    unseen_s = job.settings().forget_workers_after.as_secs_f64(),
+                    "workers not seen lately forgotten"
+                );
+            }
+            job.peer_log().flush();
+        }
         let next = job.expire_leases();
         let now = std::time::Instant::now();
         let sleep = next

@@ -459,3 +459,203 @@ async fn restarted_master_resumes_from_its_checkpoint() {
     let err = other.handle.await.unwrap().unwrap_err().to_string();
     assert!(err.contains("another job"), "{err}");
 }
+
+#[tokio::test]
+async fn a_second_master_on_the_same_state_dir_is_refused_while_the_first_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(SMALL_JOB, dir.path(), None).await;
+    let mut p = ProgressClient::new(channel(first.addr).await);
+    p.status(StatusRequest {}).await.unwrap();
+
+    let second = start(SMALL_JOB, dir.path(), None).await;
+    let err = second.handle.await.unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("in use by another master") && err.contains("master.lock"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("process {}", std::process::id())),
+        "the error names the holder: {err}"
+    );
+    // The first is untouched and still serving.
+    p.status(StatusRequest {}).await.unwrap();
+    first.stop.trigger();
+    first.handle.await.unwrap().unwrap();
+
+    // Once the first has stopped, the state dir is free again.
+    let third = start(SMALL_JOB, dir.path(), None).await;
+    let mut p = ProgressClient::new(channel(third.addr).await);
+    p.status(StatusRequest {}).await.unwrap();
+    third.stop.trigger();
+    third.handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_checkpoint_that_does_not_parse_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("checkpoint.json"),
+        b"{\"version\": 1, \"job\": ",
+    )
+    .unwrap();
+    let m = start(SMALL_JOB, dir.path(), None).await;
+    let err = m.handle.await.unwrap().unwrap_err().to_string();
+    assert!(err.contains("checkpoint.json"), "{err}");
+}
+
+/// An upload on `ch` that announces 1 MiB and sends one byte every 100 ms while `feeding` holds
+/// (then nothing, the stream kept open); its call resolves when the master answers.
+fn held_upload(
+    ch: Channel,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    JoinHandle<Result<v1::ArtifactInfo, tonic::Status>>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let feeding = std::sync::Arc::new(AtomicBool::new(true));
+    let flag = feeding.clone();
+    tokio::spawn(async move {
+        let mut offset = 0u64;
+        while !tx.is_closed() {
+            if flag.load(Ordering::Relaxed) {
+                let chunk = v1::ArtifactChunk {
+                    sha256: if offset == 0 {
+                        sha256_hex(b"never finished")
+                    } else {
+                        String::new()
+                    },
+                    total_bytes: 1 << 20,
+                    offset,
+                    data: vec![0],
+                };
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+                offset += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let call = tokio::spawn(async move {
+        ArtifactsClient::new(ch)
+            .put_artifact(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map(|r| r.into_inner())
+    });
+    (feeding, call)
+}
+
+async fn upload_on(ch: Channel, bytes: &[u8]) -> Result<v1::ArtifactInfo, tonic::Status> {
+    ArtifactsClient::new(ch)
+        .put_artifact(tokio_stream::iter(chunks(bytes, &sha256_hex(bytes))))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn uploads_are_capped_per_connection_and_in_total_and_idle_ones_are_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{SMALL_JOB}max_uploads = 3\nmax_uploads_per_connection = 2\nupload_idle_seconds = 1\n"
+    );
+    let m = start(&config, dir.path(), None).await;
+    let (a, b, c) = (
+        channel(m.addr).await,
+        channel(m.addr).await,
+        channel(m.addr).await,
+    );
+    let (_fa1, a1) = held_upload(a.clone());
+    let (_fa2, a2) = held_upload(a.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A third upload on connection A is refused at once.
+    let started = std::time::Instant::now();
+    let err = upload_on(a.clone(), b"third").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("runtime.max_uploads_per_connection = 2"),
+        "{}",
+        err.message()
+    );
+    assert!(started.elapsed() < Duration::from_millis(900));
+
+    // B takes the last slot; C waits for one (up to the idle timeout), then is refused.
+    let (fb1, b1) = held_upload(b.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = upload_on(c.clone(), b"from c").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("runtime.max_uploads = 3"),
+        "{}",
+        err.message()
+    );
+
+    // B stops sending but keeps its stream open: cancelled after the idle timeout...
+    fb1.store(false, std::sync::atomic::Ordering::Relaxed);
+    let err = tokio::time::timeout(Duration::from_secs(5), b1)
+        .await
+        .expect("an idle upload is cancelled within the idle timeout")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message().contains("runtime.upload_idle_seconds"),
+        "{}",
+        err.message()
+    );
+    // ... and its slot serves C.
+    let info = upload_on(c.clone(), b"from c").await.unwrap();
+    assert_eq!(info.sha256, sha256_hex(b"from c"));
+
+    a1.abort();
+    a2.abort();
+    m.stop.trigger();
+    m.handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn registrations_are_capped_and_workers_not_seen_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    // lease_seconds = 0.4: a worker unseen for 1.2 s is forgotten.
+    let m = start(&format!("{SMALL_JOB}max_workers = 2\n"), dir.path(), None).await;
+    let mut c = coordinator(m.addr, None).await;
+    const W3: &str = "5d6e7f80-9a1b-4c2d-8e3f-4a5b6c7d8e9f";
+    c.register(register_request(W1)).await.unwrap();
+    c.register(register_request(W2)).await.unwrap();
+    let err = c.register(register_request(W3)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("runtime.max_workers = 2"),
+        "{}",
+        err.message()
+    );
+    let mut p = ProgressClient::new(channel(m.addr).await);
+    let status = p.status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.workers_alive, 0, "registrations alone are not alive");
+
+    // W1 keeps heartbeating; W2 goes silent and is forgotten, which makes room for W3.
+    for _ in 0..10 {
+        c.heartbeat(HeartbeatRequest {
+            worker_id: W1.into(),
+            task_ids: vec![],
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = p.status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.workers_alive, 1);
+    let err = c
+        .heartbeat(HeartbeatRequest {
+            worker_id: W2.into(),
+            task_ids: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    c.register(register_request(W3)).await.unwrap();
+    m.stop.trigger();
+    m.handle.await.unwrap().unwrap();
+}

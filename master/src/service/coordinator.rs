@@ -1,8 +1,12 @@
 //! `ccsrp.v1.Coordinator`: the calls workers make.
+//!
+//! Log lines about a peer's calls (registrations, refusals, dropped results) quote client strings
+//! through `ccsrp_proto::quote` and are rate-limited per peer ([`crate::peer_log`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use ccsrp_proto::quote::quote;
 use ccsrp_proto::v1::coordinator_server::Coordinator;
 use ccsrp_proto::v1::{
     HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, RegisterReply, RegisterRequest,
@@ -11,6 +15,7 @@ use ccsrp_proto::v1::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::job::{lease_reply, Job, Leased, Taken};
+use crate::peer_log::{peer_of, show};
 use crate::shutdown::Shutdown;
 
 /// Longest long poll a worker may ask for.
@@ -34,11 +39,20 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterReply>, Status> {
+        let peer = peer_of(request.remote_addr());
         let req = request.into_inner();
+        let log = self.job.peer_log();
         match self.job.register(&req) {
-            Ok(reply) => Ok(Response::new(reply)),
+            Ok(reply) => {
+                if log.allow(peer, "registration") {
+                    tracing::info!(peer = %show(peer), worker_id = %quote(&req.worker_id), device = %quote(&req.device), threads = req.threads, "worker registered");
+                }
+                Ok(Response::new(reply))
+            }
             Err(status) => {
-                tracing::warn!(worker_id = %req.worker_id, reason = status.message(), "registration refused");
+                if log.allow(peer, "registration refused") {
+                    tracing::warn!(peer = %show(peer), worker_id = %quote(&req.worker_id), reason = status.message(), "registration refused");
+                }
                 Err(status)
             }
         }
@@ -48,12 +62,17 @@ impl Coordinator for CoordinatorService {
         let req = request.into_inner();
         let wait = Duration::from_millis(req.wait_ms).min(MAX_WAIT);
         let until = tokio::time::Instant::now() + wait;
+        // The worker counts as seen while it waits here.
+        let poll_until = Instant::now() + wait;
         let mut shutdown = self.shutdown.clone();
         loop {
             let ready = self.job.work_ready();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            match self.job.try_lease(&req.worker_id, req.max_tasks)? {
+            match self
+                .job
+                .try_lease(&req.worker_id, req.max_tasks, poll_until)?
+            {
                 Leased::NoWorkYet => {}
                 done_or_tasks => return Ok(Response::new(lease_reply(done_or_tasks))),
             }
@@ -76,6 +95,8 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<Streaming<ResultBatch>>,
     ) -> Result<Response<ReportSummary>, Status> {
+        let peer = peer_of(request.remote_addr());
+        let log = self.job.peer_log();
         let mut stream = request.into_inner();
         let mut shutdown = self.shutdown.clone();
         let mut worker: Option<String> = None;
@@ -94,10 +115,14 @@ impl Coordinator for CoordinatorService {
                     Ok(Taken::Accepted) => summary.accepted += 1,
                     Ok(Taken::Dropped(reason)) => {
                         summary.dropped += 1;
-                        tracing::warn!(worker_id = %worker_id, task_id = %result.task_id, attempt = result.attempt, reason = %reason, "result dropped");
+                        if log.allow(peer, "result dropped") {
+                            tracing::warn!(peer = %show(peer), worker_id = %quote(worker_id), task_id = %quote(&result.task_id), attempt = result.attempt, reason = %reason, "result dropped");
+                        }
                     }
                     Err(status) => {
-                        tracing::warn!(worker_id = %worker_id, task_id = %result.task_id, code = ?status.code(), reason = status.message(), "result refused");
+                        if log.allow(peer, "result refused") {
+                            tracing::warn!(peer = %show(peer), worker_id = %quote(worker_id), task_id = %quote(&result.task_id), code = ?status.code(), reason = status.message(), "result refused");
+                        }
                         return Err(status);
                     }
                 }
@@ -109,9 +134,15 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
+        let peer = peer_of(request.remote_addr());
         let req = request.into_inner();
         self.job
             .heartbeat(&req.worker_id, &req.task_ids)
             .map(Response::new)
+            .inspect_err(|status| {
+                if self.job.peer_log().allow(peer, "heartbeat refused") {
+                    tracing::warn!(peer = %show(peer), worker_id = %quote(&req.worker_id), reason = status.message(), "heartbeat refused");
+                }
+            })
     }
 }
