@@ -18,13 +18,15 @@ use crate::{
 pub enum WireError {
     #[error("task {task_id}: result has no outcome")]
     NoOutcome { task_id: String },
-    #[error("task {task_id}: {field} = {value:?}: expected a sha256 (64 lowercase hex digits)")]
+    /// `value` as sent, quoted and cut by `ccsrp_proto::quote::quote`.
+    #[error("task {task_id}: {field} = {value}: expected a sha256 (64 lowercase hex digits)")]
     BadArtifactName {
         task_id: String,
         field: &'static str,
         value: String,
     },
-    #[error("task {task_id}: candidate_id {value:?}: expected `c<number>` as issued")]
+    /// `value` as sent, quoted and cut by `ccsrp_proto::quote::quote`.
+    #[error("task {task_id}: candidate_id {value}: expected `c<number>` as issued")]
     BadCandidateId { task_id: String, value: String },
     #[error("task {task_id}: trained result has no model description")]
     NoDescription { task_id: String },
@@ -155,7 +157,7 @@ fn artifact_name(task_id: &str, field: &'static str, value: &str) -> Result<Stri
         Err(WireError::BadArtifactName {
             task_id: task_id.to_string(),
             field,
-            value: value.chars().take(80).collect(),
+            value: ccsrp_proto::quote::quote(value),
         })
     }
 }
@@ -168,7 +170,7 @@ fn candidate_id(task_id: &str, value: &str) -> Result<CandidateId, WireError> {
         .map(CandidateId)
         .ok_or_else(|| WireError::BadCandidateId {
             task_id: task_id.to_string(),
-            value: value.chars().take(80).collect(),
+            value: ccsrp_proto::quote::quote(value),
         })
 }
 

@@ -54,6 +54,41 @@ impl Proc {
         }
     }
 
+    /// Starts `ccsrp args...` with its address space limited to `bytes` (`ulimit -v` in a shell
+    /// that then execs the binary), so that an allocation beyond it fails as under a container's
+    /// memory limit.
+    pub fn start_limited(dir: &Path, name: &str, args: &[&str], bytes: u64) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v \"$0\" && exec \"$@\"")
+            .arg((bytes / 1024).to_string())
+            .arg(bin())
+            .args(args)
+            .env_remove("CCSRP_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn sh -c ulimit -v ... ccsrp");
+        Proc {
+            child,
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -305,14 +340,9 @@ impl Cluster {
     }
 }
 
-/// Starts `ccsrp master` on 127.0.0.1:`port` with state in `dir/state` and results in `dir/out`.
-pub fn spawn_master(
-    dir: &Path,
-    port: u16,
-    job: &Path,
-    token_file: Option<&Path>,
-    name: &str,
-) -> Proc {
+/// The arguments of `ccsrp master` on 127.0.0.1:`port` with state in `dir/state` and results in
+/// `dir/out`.
+pub fn master_args(dir: &Path, port: u16, job: &Path, token_file: Option<&Path>) -> Vec<String> {
     let mut args = vec![
         "master".to_string(),
         "--config".into(),
@@ -328,6 +358,18 @@ pub fn spawn_master(
         args.push("--token-file".into());
         args.push(token.display().to_string());
     }
+    args
+}
+
+/// Starts `ccsrp master` on 127.0.0.1:`port` with state in `dir/state` and results in `dir/out`.
+pub fn spawn_master(
+    dir: &Path,
+    port: u16,
+    job: &Path,
+    token_file: Option<&Path>,
+    name: &str,
+) -> Proc {
+    let args = master_args(dir, port, job, token_file);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Proc::start(dir, name, &args, &[])
 }
