@@ -95,7 +95,11 @@ for step in "${steps[@]}"; do
     done
     ;;
   strong)
-    for dir in "$work"/ccsrp "$work"/control "$work"/l1-* "$work"/random-* dense; do
+    # STRONG_NETWORKS (space-separated: dense ccsrp control l1-match ...) limits the networks.
+    for dir in "$work"/{ccsrp,control,l1-match,random-match,l1-50,random-50,l1-70,random-70} dense; do
+      if [ -n "${STRONG_NETWORKS:-}" ] && [[ " $STRONG_NETWORKS " != *" $(basename "$dir") "* ]]; then
+        continue
+      fi
       if [ "$dir" = dense ]; then
         model=$work/dense.safetensors
         out=$work/strong-dense.json

@@ -37,7 +37,8 @@ fn repo() -> PathBuf {
 }
 
 /// The tiny job both the cluster and the embedded run execute: the synthetic dataset, the `tiny`
-/// network, one outer iteration of two generations, short leases so that the killed worker's
+/// network, two outer iterations of three generations (long enough to kill a worker mid-run on a
+/// loaded machine), short leases so that the killed worker's
 /// tasks are re-issued within seconds.
 const TINY_JOB: &str = r#"
 [job]
@@ -49,19 +50,23 @@ kind = "synthetic"
 eval_size = 64
 val_size = 64
 eval_shards = 4
-train_limit = 256
+train_limit = 2048       # pretraining lasts seconds, so status polls see the job under way
 test_limit = 64
 
 [pretrain]
 arch = "tiny"
 timesteps = 2
-epochs = 1
+epochs = 2
 
 [evolution]
-iterations = 1
-generations = 2
+iterations = 2
+generations = 3
 population = 3
 offspring = 3
+
+[stop]                   # never stop early: the job's length must not depend on 64 images
+max_clean_drop = 100.0
+max_robust_drop = 100.0
 
 [adversarial]
 steps = 2
