@@ -93,3 +93,140 @@ fn master_killed_mid_generation_resumes_from_its_state_dir_with_the_same_result(
     }
     assert_same_results(reference(), &out);
 }
+
+/// A job whose data cannot load fails fast: each worker reports its task's failure, the third
+/// failure of the task fails the job, `ccsrp run` exits non-zero with the worker's message on
+/// stderr and leaves `failed.json` (state, task, reasons) in its out dir.
+#[test]
+fn a_job_whose_data_cannot_load_fails_fast_with_the_workers_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let stderr_path = dir.path().join("run.stderr");
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--dataset", "fashion-mnist", "--workers", "2"])
+        .args(["--data-dir", "/nonexistent/ccsrp-data"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .env_remove("CCSRP_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("spawn ccsrp run");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ccsrp run on missing data still running after 60 s; stderr:\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("job failed: task pretrain failed 3 times")
+            && stderr.contains("/nonexistent/ccsrp-data/train-images-idx3-ubyte: not found"),
+        "{stderr}"
+    );
+    let failed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("failed.json")).unwrap()).unwrap();
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["task_id"], "pretrain");
+    assert_eq!(failed["reasons"].as_array().map(Vec::len), Some(3));
+    assert!(out.join("state").join("checkpoint.json").exists());
+}
+
+/// An IDX file (MNIST format) of `dims` with `data`.
+fn idx_file(path: &std::path::Path, magic: u32, dims: &[u32], data: &[u8]) {
+    let mut bytes = magic.to_be_bytes().to_vec();
+    for d in dims {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A master and a worker process on a job whose data directory is missing: the job fails (status
+/// `failed` with the task and the worker's reasons, `failed.json`, the master exits non-zero);
+/// once the data is there, a master restarted on the same state dir resumes the job with fresh
+/// failure counts and the task that failed goes through.
+#[test]
+fn a_failed_job_is_reported_and_resumes_once_the_cause_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        SMALL_JOB.replace(
+            "kind = \"synthetic\"",
+            &format!(
+                "kind = \"mnist\"\ndata_dir = {:?}",
+                data.display().to_string()
+            ),
+        ),
+    )
+    .unwrap();
+    let mut cluster = Cluster::start(dir.path(), &job, None);
+    cluster.add_worker();
+    let failed = wait_status(&cluster.url, Duration::from_secs(60), "job failed", |s| {
+        s["failed"] == true
+    });
+    assert_eq!(failed["phase"], "failed");
+    assert_eq!(failed["failed_task"], "pretrain");
+    assert!(
+        failed["failure_reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("train-images-idx3-ubyte")),
+        "{failed}"
+    );
+    let human = ccsrp(&["status", "--master", &cluster.url]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("FAILED: task pretrain failed 3 times"),
+        "{human}"
+    );
+    let exit = cluster.master.wait(Duration::from_secs(30));
+    assert!(!exit.success(), "{}", cluster.master.log_text());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/failed.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["task_id"], "pretrain");
+
+    // Fix the cause: 28x28 IDX files of 320 training and 64 test images.
+    std::fs::create_dir_all(&data).unwrap();
+    for (prefix, n) in [("train", 320u32), ("t10k", 64)] {
+        let pixels: Vec<u8> = (0..n * 784).map(|i| (i * 7 % 251) as u8).collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        idx_file(
+            &data.join(format!("{prefix}-images-idx3-ubyte")),
+            2051,
+            &[n, 28, 28],
+            &pixels,
+        );
+        idx_file(
+            &data.join(format!("{prefix}-labels-idx1-ubyte")),
+            2049,
+            &[n],
+            &labels,
+        );
+    }
+    cluster.restart_master();
+    cluster.add_worker();
+    let resumed = wait_status(
+        &cluster.url,
+        Duration::from_secs(240),
+        "the failed task done after the restart",
+        |s| s["failed"] != true && s["tasks_done"].as_u64().is_some_and(|n| n >= 1),
+    );
+    assert_ne!(resumed["phase"], "failed");
+}

@@ -60,6 +60,8 @@ pub struct JobSettings {
     pub forget_workers_after: Duration,
     /// Fingerprint of the job file (checkpoints are tied to it).
     pub fingerprint: String,
+    /// Failures of one task that fail the job.
+    pub max_task_failures: u32,
 }
 
 impl JobSettings {
@@ -88,6 +90,7 @@ impl JobSettings {
             max_workers: config.runtime.max_workers,
             forget_workers_after: config.runtime.forget_workers_after(),
             fingerprint: config.fingerprint(),
+            max_task_failures: config.runtime.max_task_failures,
         }
     }
 }
@@ -118,12 +121,62 @@ struct State {
     position: (Phase, u32, u32),
     /// The dense network's test point, once seen.
     dense: Option<v1::NetworkPoint>,
+    /// Failures reported per task since this master started (the reasons, oldest first).
+    failures: HashMap<crate::WorkId, Vec<String>>,
+    /// Set when one task failed `max_task_failures` times: the job is over, unfinished.
+    failed: Option<JobFailure>,
+}
+
+/// Why a job failed: one task failed `runtime.max_task_failures` times (written to `failed.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobFailure {
+    pub task_id: String,
+    /// What each failing worker said, oldest first (quoted, cut short).
+    pub reasons: Vec<String>,
+}
+
+impl JobFailure {
+    /// The reasons without repeats, in the order first given.
+    pub fn distinct_reasons(&self) -> Vec<&str> {
+        let mut seen: Vec<&str> = Vec::new();
+        for r in &self.reasons {
+            if !seen.contains(&r.as_str()) {
+                seen.push(r);
+            }
+        }
+        seen
+    }
+}
+
+impl std::fmt::Display for JobFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "task {} failed {} times; last reason: {}",
+            self.task_id,
+            self.reasons.len(),
+            self.reasons.last().map_or("none given", String::as_str)
+        )
+    }
+}
+
+/// A worker's failure reason as kept and shown: as sent when it is short, printable text (the
+/// worker quotes it already), else quoted and cut by the master.
+fn failure_reason(reason: &str) -> String {
+    if reason.len() <= 2 * ccsrp_proto::quote::QUOTE_BYTES && !reason.chars().any(char::is_control)
+    {
+        reason.to_string()
+    } else {
+        quote(reason)
+    }
 }
 
 /// How a result was taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Taken {
     Accepted,
+    /// A failure report, counted; `Some` when it failed the job.
+    Failed(Option<JobFailure>),
     /// Stale result, dropped (logged by the caller with the reason).
     Dropped(Stale),
 }
@@ -215,6 +268,8 @@ impl Job {
                     .as_ref()
                     .filter(|b| b.iteration == 0)
                     .map(network_point),
+                failures: HashMap::new(),
+                failed: None,
             }),
             store,
             work_ready: Notify::new(),
@@ -309,7 +364,7 @@ impl Job {
         let lease_ms = self.settings.lease.as_millis() as u64;
         let mut st = self.lock();
         let st = &mut *st;
-        if st.engine.is_done() {
+        if st.engine.is_done() || st.failed.is_some() {
             return Ok(Leased::JobDone);
         }
         let Some(worker) = st.workers.get_key_value(worker_id).map(|(k, _)| k.clone()) else {
@@ -360,6 +415,9 @@ impl Job {
                 "task_id {}: longer than any task id this master issues ({MAX_TASK_ID_BYTES} bytes)",
                 quote(&result.task_id)
             )));
+        }
+        if let Some(v1::task_result::Outcome::Failed(failure)) = &result.outcome {
+            return self.report_failure(worker_id, result, &failure.reason);
         }
         let work = wire::work_result(result)
             .map_err(|e| Status::invalid_argument(clip(&e.to_string())))?;
@@ -436,6 +494,63 @@ impl Job {
         Ok(Taken::Accepted)
     }
 
+    /// Counts a worker's failure of the task it holds and re-queues the task at once; the
+    /// `max_task_failures`-th failure of one task fails the job. A failure of a task the worker
+    /// no longer holds is dropped like a late result.
+    fn report_failure(
+        &self,
+        worker_id: &str,
+        result: &v1::TaskResult,
+        reason: &str,
+    ) -> Result<Taken, Status> {
+        let id = crate::WorkId(result.task_id.clone());
+        let reason = failure_reason(reason);
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        match st.workers.get_mut(worker_id) {
+            Some(info) => info.seen(now),
+            None => return Err(not_registered(worker_id)),
+        }
+        if st.failed.is_some() {
+            return Ok(Taken::Failed(None));
+        }
+        if let Err(stale) = st.leases.check_result(worker_id, &id, result.attempt) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(Taken::Dropped(stale));
+        }
+        st.leases.release(&id);
+        let reasons = st.failures.entry(id.clone()).or_default();
+        reasons.push(reason.clone());
+        let count = reasons.len();
+        let failed = (count >= self.settings.max_task_failures as usize).then(|| JobFailure {
+            task_id: id.0.clone(),
+            reasons: reasons.clone(),
+        });
+        st.failed.clone_from(&failed);
+        drop(guard);
+        tracing::warn!(task_id = %id, worker_id = %quote(worker_id), failures = count, reason = %reason, "task failed on a worker");
+        let message = match &failed {
+            Some(f) => {
+                tracing::error!(failure = %f, "job failed");
+                format!("job failed: {f}")
+            }
+            None => format!(
+                "task {id} failed ({count} of {}): {reason}",
+                self.settings.max_task_failures
+            ),
+        };
+        self.work_ready.notify_waiters();
+        let _ = self.events.send(message);
+        self.progress.send_modify(|n| *n += 1);
+        Ok(Taken::Failed(failed))
+    }
+
+    /// Why the job failed, once it did.
+    pub fn failure(&self) -> Option<JobFailure> {
+        self.lock().failed.clone()
+    }
+
     /// Extends the worker's leases of `task_ids`; returns those it no longer holds.
     pub fn heartbeat(
         &self,
@@ -471,7 +586,7 @@ impl Job {
             .collect();
         Ok(v1::HeartbeatReply {
             lost_task_ids,
-            job_done: st.engine.is_done(),
+            job_done: st.engine.is_done() || st.failed.is_some(),
         })
     }
 
@@ -531,6 +646,12 @@ impl Job {
         self.lock().engine.is_done()
     }
 
+    /// Whether the job is over: done, or failed.
+    pub fn is_over(&self) -> bool {
+        let st = self.lock();
+        st.engine.is_done() || st.failed.is_some()
+    }
+
     /// Wakes every long poll (on shutdown).
     pub fn wake_all(&self) {
         self.work_ready.notify_waiters();
@@ -545,7 +666,12 @@ impl Job {
         let alive = self.alive_locked(&st, now);
         v1::JobStatus {
             job_name: self.settings.name.clone(),
-            phase: phase_name(p.phase).to_string(),
+            phase: if st.failed.is_some() {
+                "failed"
+            } else {
+                phase_name(p.phase)
+            }
+            .to_string(),
             iteration: p.iteration,
             iterations: evo.iterations,
             generation: p.generation,
@@ -563,6 +689,17 @@ impl Job {
             best: p.best.as_ref().map(network_point),
             results_accepted: self.accepted.load(Ordering::Relaxed),
             results_dropped: self.dropped.load(Ordering::Relaxed),
+            failed: st.failed.is_some(),
+            failed_task: st
+                .failed
+                .as_ref()
+                .map(|f| f.task_id.clone())
+                .unwrap_or_default(),
+            failure_reasons: st
+                .failed
+                .as_ref()
+                .map(|f| f.reasons.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -745,6 +882,87 @@ mod tests {
         // Registering again under a known id is not a new worker.
         register(&job, &workers[0]).unwrap();
         assert_eq!(job.registered_workers(), 3);
+    }
+
+    fn failure(worker: &str, task: &v1::Task, reason: &str) -> v1::TaskResult {
+        v1::TaskResult {
+            worker_id: worker.into(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            outcome: Some(v1::task_result::Outcome::Failed(v1::TaskFailure {
+                reason: reason.into(),
+            })),
+        }
+    }
+
+    fn lease_one(job: &Job, worker: &str) -> v1::Task {
+        match job.try_lease(worker, 1, Instant::now()).unwrap() {
+            Leased::Tasks(mut tasks) => tasks.remove(0),
+            other => panic!("expected a task, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_task_failing_max_task_failures_times_fails_the_job_and_a_restart_resets_the_counts() {
+        let (job, dir) = job("max_task_failures = 3");
+        let workers = ids(2);
+        for w in &workers {
+            register(&job, w).unwrap();
+        }
+        // A failure re-queues the task at once (no lease expiry to wait for).
+        let first = lease_one(&job, &workers[0]);
+        let taken = job
+            .report(&workers[0], &failure(&workers[0], &first, "no data"))
+            .unwrap();
+        assert_eq!(taken, Taken::Failed(None));
+        assert!(!job.is_over());
+        let second = lease_one(&job, &workers[1]);
+        assert_eq!(second.task_id, first.task_id);
+        assert_eq!(second.attempt, first.attempt + 1);
+        // A failure of an attempt the worker no longer holds is late: not counted.
+        let late = job
+            .report(&workers[0], &failure(&workers[0], &first, "late"))
+            .unwrap();
+        assert!(matches!(late, Taken::Dropped(_)), "{late:?}");
+        job.report(&workers[1], &failure(&workers[1], &second, "no data"))
+            .unwrap();
+        let third = lease_one(&job, &workers[0]);
+        let huge = "\u{1}".repeat(1 << 20);
+        let Taken::Failed(Some(failed)) = job
+            .report(&workers[0], &failure(&workers[0], &third, &huge))
+            .unwrap()
+        else {
+            panic!("the third failure fails the job");
+        };
+        assert_eq!(failed.task_id, first.task_id);
+        assert_eq!(failed.reasons.len(), 3);
+        assert!(failed.reasons[2].len() < 1024, "reasons are cut short");
+        assert!(job.is_over());
+        assert!(matches!(
+            job.try_lease(&workers[1], 1, Instant::now()).unwrap(),
+            Leased::JobDone
+        ));
+        assert!(job.heartbeat(&workers[1], &[]).unwrap().job_done);
+        let status = job.status();
+        assert!(status.failed && !status.done, "{status:?}");
+        assert_eq!(status.phase, "failed");
+        assert_eq!(status.failed_task, first.task_id);
+        assert_eq!(status.failure_reasons[0], "no data");
+
+        // The checkpoint does not hold the failure: a restarted master leases the task again.
+        let bytes =
+            crate::checkpoint::encode(&job.settings().fingerprint, &job.lock().engine).unwrap();
+        let path = dir.path().join("checkpoint");
+        crate::checkpoint::write(&path, &bytes).unwrap();
+        let engine = crate::checkpoint::read(&path, &job.settings().fingerprint)
+            .unwrap()
+            .unwrap();
+        let store = ArtifactStore::open(&dir.path().join("store2")).unwrap();
+        let resumed = Job::new(job.settings().clone(), engine, store);
+        register(&resumed, &workers[0]).unwrap();
+        assert!(!resumed.is_over());
+        assert!(!resumed.status().failed);
+        assert_eq!(lease_one(&resumed, &workers[0]).task_id, first.task_id);
     }
 
     #[test]

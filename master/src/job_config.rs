@@ -174,6 +174,11 @@ pub struct RuntimeSection {
     /// A registration not seen (no lease, heartbeat or report) for [`FORGET_AFTER_LEASES`] lease
     /// periods is forgotten. Default 1024.
     pub max_workers: u32,
+    /// A task whose workers reported this many failures (errors, caught panics) fails the job:
+    /// state `failed`, `failed.json` in the out dir, the master exits non-zero. The counts live
+    /// in memory only: a master restarted on the same state dir resumes with fresh counts.
+    /// Default 3.
+    pub max_task_failures: u32,
 }
 
 /// A worker not seen for this many lease periods is forgotten (it registers again if it returns).
@@ -190,6 +195,7 @@ impl Default for RuntimeSection {
             max_uploads: 64,
             max_uploads_per_connection: 4,
             max_workers: 1024,
+            max_task_failures: 3,
         }
     }
 }
@@ -354,6 +360,9 @@ impl JobConfig {
         if r.max_workers == 0 {
             return Err(invalid("runtime.max_workers", 0, "value >= 1"));
         }
+        if r.max_task_failures == 0 {
+            return Err(invalid("runtime.max_task_failures", 0, "value >= 1"));
+        }
         self.engine_config().validate()
     }
 
@@ -430,6 +439,7 @@ mod tests {
                 "runtime.max_uploads_per_connection",
             ),
             ("max_workers = 0", "runtime.max_workers"),
+            ("max_task_failures = 0", "runtime.max_task_failures"),
             ("max_artifact_mib = 0", "runtime.max_artifact_mib"),
         ] {
             let err = JobConfig::parse(&format!("[runtime]\n{line}\n"), "j")

@@ -245,6 +245,21 @@ impl LeaseTable {
         expired
     }
 
+    /// Returns `id`'s lease to the queue now (its holder reported that it failed); false when
+    /// nobody held it.
+    pub fn release(&mut self, id: &WorkId) -> bool {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return false;
+        };
+        if entry.holder.take().is_none() {
+            return false;
+        }
+        let (seq, shard) = (entry.seq, entry.shard);
+        self.leased -= 1;
+        self.enqueue(seq, shard, id.clone());
+        true
+    }
+
     /// Whether a result for `id`, attempt `attempt`, from `worker` counts.
     pub fn check_result(&self, worker: &str, id: &WorkId, attempt: u32) -> Result<(), Stale> {
         let Some(entry) = self.entries.get(id) else {

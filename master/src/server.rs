@@ -27,7 +27,7 @@ use crate::artifact_store::{ArtifactStore, StoreError};
 use crate::auth::{AccessToken, RequireToken};
 use crate::checkpoint::{self, CheckpointError};
 use crate::dense_model::{self, DenseModelError};
-use crate::job::{Job, JobSettings};
+use crate::job::{Job, JobFailure, JobSettings};
 use crate::job_config::JobConfig;
 use crate::results::{self, ResultsError};
 use crate::service::artifacts::ArtifactService;
@@ -141,7 +141,13 @@ pub struct ServeReport {
     pub outcome: Option<Outcome>,
     /// Where the results were written (when finished).
     pub out_dir: Option<PathBuf>,
+    /// Why the job failed, when one task failed `runtime.max_task_failures` times (`failed.json`
+    /// in the out dir says the same; the checkpoint stays resumable).
+    pub failure: Option<JobFailure>,
 }
+
+/// Name of the file in the out dir that says why a job failed.
+pub const FAILED_FILE: &str = "failed.json";
 
 /// Opens the job in `state_dir`: the resumed checkpoint, or a fresh engine.
 pub fn open_job(config: &JobConfig, state_dir: &Path) -> Result<Job, ServeError> {
@@ -334,6 +340,10 @@ pub async fn serve(
     };
 
     let outcome = job.with_engine(|e| e.outcome().cloned());
+    let failure = job.failure();
+    if let Some(failure) = &failure {
+        write_failed(failure, &out_dir, &checkpoint_path).await?;
+    }
     let out_dir = match (&outcome, written) {
         (Some(_), None) => Some(write_final(&job, &out_dir, &checkpoint_path).await?),
         (_, written) => {
@@ -342,7 +352,38 @@ pub async fn serve(
             written
         }
     };
-    Ok(ServeReport { outcome, out_dir })
+    Ok(ServeReport {
+        outcome,
+        out_dir,
+        failure,
+    })
+}
+
+/// Writes `failed.json` (the failed task, the workers' reasons, how to resume) in `out_dir`.
+async fn write_failed(
+    failure: &JobFailure,
+    out_dir: &Path,
+    checkpoint_path: &Path,
+) -> Result<(), ServeError> {
+    let json = serde_json::json!({
+        "state": "failed",
+        "task_id": failure.task_id,
+        "failures": failure.reasons.len(),
+        "reasons": failure.reasons,
+        "checkpoint": checkpoint_path.display().to_string(),
+        "resume": "fix the cause, then restart the master on the same state dir: the job resumes from its checkpoint with fresh failure counts",
+    });
+    let path = out_dir.join(FAILED_FILE);
+    let io_error = |error| ServeError::StateDir {
+        path: path.display().to_string(),
+        error,
+    };
+    tokio::fs::create_dir_all(out_dir).await.map_err(io_error)?;
+    let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+    tokio::fs::write(&path, text + "\n")
+        .await
+        .map_err(io_error)?;
+    Ok(())
 }
 
 /// Writes the checkpoint now.
@@ -362,6 +403,8 @@ async fn write_final(
     checkpoint_path: &Path,
 ) -> Result<PathBuf, ServeError> {
     write_checkpoint(job, checkpoint_path).await?;
+    // A failure of an earlier run of this job (since fixed and resumed) is history now.
+    let _ = tokio::fs::remove_file(out_dir.join(FAILED_FILE)).await;
     let (job2, dir2, ck) = (
         job.clone(),
         out_dir.to_path_buf(),
@@ -387,6 +430,20 @@ async fn watch_for_end(
     let (mut ticks, _) = job.subscribe();
     let mut written = None;
     loop {
+        if let Some(failure) = job.failure() {
+            write_checkpoint(&job, &checkpoint_path)
+                .await
+                .unwrap_or_else(|e| tracing::error!(error = %e, "checkpoint not written"));
+            if let Err(e) = write_failed(&failure, &out_dir, &checkpoint_path).await {
+                tracing::error!(error = %e, "writing {FAILED_FILE} failed; retrying at shutdown");
+            }
+            tracing::error!(failure = %failure, linger_s = linger.as_secs_f64(), "job failed");
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {}
+                _ = shutdown.wait() => {}
+            }
+            break;
+        }
         if job.is_done() {
             match write_final(&job, &out_dir, &checkpoint_path).await {
                 Ok(dir) => written = Some(dir),

@@ -32,6 +32,8 @@ pub enum WireError {
     NoDescription { task_id: String },
     #[error("task {task_id}: test metrics have no validation counts")]
     NoValidation { task_id: String },
+    #[error("task {task_id}: a failure report is not a result")]
+    Failure { task_id: String },
 }
 
 fn attack(p: &PgdParams) -> v1::Attack {
@@ -183,6 +185,12 @@ pub fn work_result(r: &v1::TaskResult) -> Result<WorkResult, WireError> {
         });
     };
     let output = match outcome {
+        // `Job::report` counts failures before reading results.
+        task_result::Outcome::Failed(_) => {
+            return Err(WireError::Failure {
+                task_id: id.clone(),
+            })
+        }
         task_result::Outcome::Trained(t) => WorkOutput::Trained {
             model: ModelRef(artifact_name(id, "trained.model", &t.model)?),
             description: t

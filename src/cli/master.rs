@@ -63,6 +63,12 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
             trigger.trigger();
         });
         let report = serve(options, listener, shutdown).await?;
+        if let Some(failure) = &report.failure {
+            anyhow::bail!(
+                "job failed: {failure} (distinct reasons: {}); fix the cause and restart the master on the same --state-dir to resume",
+                failure.distinct_reasons().join("; ")
+            );
+        }
         match (&report.outcome, &report.out_dir) {
             (Some(o), Some(dir)) => println!(
                 "job done: MACs -{:.1}%, results in {}",

@@ -159,6 +159,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let report = runtime.block_on(run_job(&args, config.clone(), &state_dir))?;
+    if let Some(failure) = &report.failure {
+        anyhow::bail!(
+            "job failed: {failure} (distinct reasons: {}); see {}; fix the cause and run again with --resume to resume",
+            failure.distinct_reasons().join("; "),
+            args.out.join(ccsrp_master::server::FAILED_FILE).display()
+        );
+    }
     let outcome = report
         .outcome
         .ok_or_else(|| anyhow::anyhow!("the job stopped before it finished (interrupted?)"))?;

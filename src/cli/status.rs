@@ -72,6 +72,17 @@ pub fn summary(s: &JobStatus) -> String {
         s.results_accepted,
         s.results_dropped
     );
+    if s.failed {
+        out += &format!(
+            "FAILED: task {} failed {} times:\n",
+            s.failed_task,
+            s.failure_reasons.len()
+        );
+        for reason in &s.failure_reasons {
+            out += &format!("  - {reason}\n");
+        }
+        out += "fix the cause and restart the master on the same state dir to resume\n";
+    }
     let dense_macs = s.dense.as_ref().map(|d| d.macs);
     if let Some(d) = &s.dense {
         out += &network_line("dense", d, None);

@@ -113,6 +113,8 @@ impl Coordinator for CoordinatorService {
                 let worker_id = worker.get_or_insert_with(|| result.worker_id.clone());
                 match self.job.report(worker_id, result) {
                     Ok(Taken::Accepted) => summary.accepted += 1,
+                    // Counted and logged by the job; absorbed like a result.
+                    Ok(Taken::Failed(_)) => summary.accepted += 1,
                     Ok(Taken::Dropped(reason)) => {
                         summary.dropped += 1;
                         if log.allow(peer, "result dropped") {

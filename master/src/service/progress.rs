@@ -51,7 +51,7 @@ impl Progress for ProgressService {
             let mut send = |message: String| {
                 seq += 1;
                 let status = job.status();
-                let done = status.done;
+                let done = status.done || status.failed;
                 let event = JobEvent {
                     seq,
                     unix_ms: unix_ms(),

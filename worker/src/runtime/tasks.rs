@@ -45,8 +45,9 @@ pub const PREFIX_CACHE_BYTES: usize = 1 << 30;
 /// Models kept loaded between tasks.
 const MODELS_KEPT: usize = 4;
 
-/// Why one task could not be computed (it is logged; its lease expires and the master re-issues
-/// it).
+/// Why one task could not be computed (it is logged and reported to the master as a
+/// `TaskFailure`; the master re-issues the task, and fails the job after
+/// `runtime.max_task_failures` failures of it).
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     #[error("task {task_id}: {reason}")]
@@ -169,6 +170,14 @@ impl TaskExecutor {
             adversarial: Vec::new(),
             prefix: PrefixCache::new(PREFIX_CACHE_BYTES),
         })
+    }
+
+    /// Drops the loaded models, adversarial shards and cached layer inputs (after a task
+    /// panicked half-way through them); the dataset stays.
+    pub fn forget_caches(&mut self) {
+        self.models.clear();
+        self.adversarial.clear();
+        self.prefix = PrefixCache::new(PREFIX_CACHE_BYTES);
     }
 
     /// Computes `task`'s result.

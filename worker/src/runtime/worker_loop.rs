@@ -6,7 +6,8 @@
 //! report failed is sent again once the master is back (the master drops it if the lease moved
 //! on: results are idempotent). Only a *refusal* ends the worker with an error: a wrong token, a
 //! protocol version or backend the job does not accept. Evaluation runs on a blocking thread while
-//! a heartbeat keeps the lease alive.
+//! a heartbeat keeps the lease alive. A task that fails (an error, or a panic caught around it) is
+//! reported with its reason and the worker goes on; the master decides when a task is hopeless.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 
+use ccsrp_proto::quote::quote;
 use ccsrp_proto::v1::{
     task_result, HeartbeatRequest, LeaseReply, LeaseRequest, LeaseState, RegisterReply,
-    RegisterRequest, ResultBatch, Task, TaskResult,
+    RegisterRequest, ResultBatch, Task, TaskFailure, TaskResult,
 };
 use ccsrp_proto::PROTOCOL_VERSION;
 
@@ -298,8 +300,10 @@ async fn report(client: &mut MasterClient, result: TaskResult) -> Result<(), Cli
     Ok(())
 }
 
-/// Runs one task on a blocking thread while heartbeats keep its lease; the result to report, or
-/// None when the task failed (it is logged; the lease expires and the master re-issues it).
+/// Runs one task on a blocking thread while heartbeats keep its lease; the result to report. A
+/// task that fails (an error, or a panic caught here) is reported as a `TaskFailure` with the
+/// reason, quoted and cut short: the master re-issues it, and fails the job after
+/// `runtime.max_task_failures` failures of one task. The worker goes on with its next task.
 async fn execute(
     options: &WorkerOptions,
     session: &Session,
@@ -345,12 +349,18 @@ async fn execute(
         let mut executor = executor.lock().map_err(|_| {
             WorkerError::Internal("task executor poisoned by an earlier panic".into())
         })?;
-        Ok::<_, WorkerError>(executor.execute(&task, &io))
+        let run = catch_panic(|| executor.execute(&task, &io));
+        if run.is_err() {
+            // What the task left half-built is not to be trusted: drop the caches.
+            executor.forget_caches();
+        }
+        Ok::<_, WorkerError>(run)
     })
     .await;
     heartbeat.abort();
-    let outcome: Result<task_result::Outcome, _> = match outcome {
-        Ok(Ok(r)) => r,
+    let outcome: Result<task_result::Outcome, String> = match outcome {
+        Ok(Ok(Ok(r))) => r.map_err(|e| e.to_string()),
+        Ok(Ok(Err(panic))) => Err(format!("panicked: {panic}")),
         Ok(Err(e)) => return Err(e),
         Err(join) => {
             return Err(WorkerError::Internal(format!(
@@ -375,9 +385,27 @@ async fn execute(
         }
         Err(e) => {
             tracing::error!(worker_id = %options.worker_id, task_id, error = %e, "task failed");
-            Ok(None)
+            Ok(Some(TaskResult {
+                worker_id: options.worker_id.to_string(),
+                task_id,
+                attempt,
+                outcome: Some(task_result::Outcome::Failed(TaskFailure {
+                    reason: quote(&e),
+                })),
+            }))
         }
     }
+}
+
+/// Runs `f`, catching a panic: Err holds the panic's message.
+fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".to_string())
+    })
 }
 
 #[cfg(test)]
@@ -389,6 +417,26 @@ mod tests {
         assert_eq!(backend_of("cuda:1"), "cuda");
         assert_eq!(backend_of("cuda"), "cuda");
         assert_eq!(backend_of("cpu"), "cpu");
+    }
+
+    #[test]
+    fn a_panicking_task_is_caught_with_its_message() {
+        assert_eq!(catch_panic(|| 7), Ok(7));
+        let index = 9;
+        let caught = catch_panic(|| {
+            let v: Vec<u32> = Vec::new();
+            v[index]
+        });
+        assert!(
+            caught
+                .as_ref()
+                .is_err_and(|m| m.contains("index out of bounds")),
+            "{caught:?}"
+        );
+        assert_eq!(
+            catch_panic(|| -> u32 { panic!("static text") }),
+            Err("static text".to_string())
+        );
     }
 
     #[test]
