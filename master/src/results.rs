@@ -21,6 +21,7 @@ use crate::artifact_store::{write_atomic, StoreError};
 use crate::config::{FineTuneParams, TestAttackParams};
 use crate::job::Job;
 use crate::outcome::{NetworkRecord, StopReason};
+use crate::work::TestMetrics;
 use crate::Engine;
 
 /// Results that could not be written.
@@ -107,24 +108,48 @@ fn accuracy(count: u64, samples: u64) -> f64 {
     }
 }
 
+impl NetworkSummary {
+    /// The summary of the network `model` (sha256) from its counts on the validation and test
+    /// splits; `kept_filters` are its filters per prunable layer.
+    pub fn new(
+        iteration: u32,
+        model: String,
+        validation: &TestMetrics,
+        test: &TestMetrics,
+        macs: u64,
+        parameters: u64,
+        kept_filters: Vec<u32>,
+    ) -> NetworkSummary {
+        let (v, t) = (validation, test);
+        NetworkSummary {
+            iteration,
+            model,
+            val_samples: v.samples,
+            val_clean_accuracy: accuracy(v.clean, v.samples),
+            val_fgsm_accuracy: accuracy(v.fgsm, v.samples),
+            val_pgd_accuracy: accuracy(v.pgd, v.samples),
+            test_samples: t.samples,
+            clean_accuracy: accuracy(t.clean, t.samples),
+            fgsm_accuracy: accuracy(t.fgsm, t.samples),
+            pgd_accuracy: accuracy(t.pgd, t.samples),
+            macs,
+            parameters,
+            kept_filters,
+        }
+    }
+}
+
 fn network_summary(r: &NetworkRecord) -> NetworkSummary {
     let kept: Vec<u32> = r.kept_filters.iter().map(|k| k.len() as u32).collect();
-    let v = &r.validation;
-    NetworkSummary {
-        iteration: r.iteration,
-        model: r.model.0.clone(),
-        val_samples: v.samples,
-        val_clean_accuracy: accuracy(v.clean, v.samples),
-        val_fgsm_accuracy: accuracy(v.fgsm, v.samples),
-        val_pgd_accuracy: accuracy(v.pgd, v.samples),
-        test_samples: r.test.samples,
-        clean_accuracy: accuracy(r.test.clean, r.test.samples),
-        fgsm_accuracy: accuracy(r.test.fgsm, r.test.samples),
-        pgd_accuracy: accuracy(r.test.pgd, r.test.samples),
-        macs: r.macs,
-        parameters: ccsrp_proto::cost::parameters(&r.description, &kept).unwrap_or(0),
-        kept_filters: kept,
-    }
+    NetworkSummary::new(
+        r.iteration,
+        r.model.0.clone(),
+        &r.validation,
+        &r.test,
+        r.macs,
+        ccsrp_proto::cost::parameters(&r.description, &kept).unwrap_or(0),
+        kept,
+    )
 }
 
 #[derive(Serialize)]

@@ -19,6 +19,7 @@ use serde::Serialize;
 use ccsrp_master::config::{FineTuneParams, TestAttackParams};
 use ccsrp_master::job_config::JobConfig;
 use ccsrp_master::results::{DataSummary, NetworkSummary, Summary};
+use ccsrp_master::TestMetrics;
 use ccsrp_proto::artifact_chunks::sha256_hex;
 use ccsrp_proto::cost;
 use ccsrp_worker::attack::AttackParams;
@@ -208,14 +209,6 @@ fn finetune_config(s: &Settings, seed: u64) -> TrainConfig {
     config
 }
 
-fn accuracy(count: u64, samples: u64) -> f64 {
-    if samples == 0 {
-        0.0
-    } else {
-        100.0 * count as f64 / samples as f64
-    }
-}
-
 fn network_summary(
     iteration: u32,
     sha256: &str,
@@ -224,22 +217,21 @@ fn network_summary(
 ) -> anyhow::Result<NetworkSummary> {
     let description = model.description();
     let kept: Vec<u32> = description.layers.iter().map(|l| l.filters).collect();
-    let (v, t): (&SplitCounts, &SplitCounts) = (&counts.validation, &counts.test);
-    Ok(NetworkSummary {
+    let metrics = |c: &SplitCounts| TestMetrics {
+        samples: c.samples,
+        clean: c.clean,
+        fgsm: c.fgsm,
+        pgd: c.pgd,
+    };
+    Ok(NetworkSummary::new(
         iteration,
-        model: sha256.to_string(),
-        val_samples: v.samples,
-        val_clean_accuracy: accuracy(v.clean, v.samples),
-        val_fgsm_accuracy: accuracy(v.fgsm, v.samples),
-        val_pgd_accuracy: accuracy(v.pgd, v.samples),
-        test_samples: t.samples,
-        clean_accuracy: accuracy(t.clean, t.samples),
-        fgsm_accuracy: accuracy(t.fgsm, t.samples),
-        pgd_accuracy: accuracy(t.pgd, t.samples),
-        macs: cost::macs(&description, &kept)?,
-        parameters: cost::parameters(&description, &kept)?,
-        kept_filters: kept,
-    })
+        sha256.to_string(),
+        &metrics(&counts.validation),
+        &metrics(&counts.test),
+        cost::macs(&description, &kept)?,
+        cost::parameters(&description, &kept)?,
+        kept,
+    ))
 }
 
 pub fn run(args: PruneArgs) -> anyhow::Result<()> {

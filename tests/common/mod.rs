@@ -29,54 +29,45 @@ pub struct Proc {
 impl Proc {
     /// Starts `ccsrp args...`, stdout and stderr into `dir/<name>.log`.
     pub fn start(dir: &Path, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open log");
         let mut command = Command::new(bin());
-        command
-            .args(args)
-            .env_remove("CCSRP_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone log"))
-            .stderr(file);
+        command.args(args);
         for (k, v) in envs {
             command.env(k, v);
         }
-        let child = command.spawn().expect("spawn ccsrp");
-        Proc {
-            child,
-            name: name.to_string(),
-            log,
-        }
+        Proc::spawn_logged(dir, name, command, "spawn ccsrp")
     }
 
     /// Starts `ccsrp args...` with its address space limited to `bytes` (`ulimit -v` in a shell
     /// that then execs the binary), so that an allocation beyond it fails as under a container's
     /// memory limit.
     pub fn start_limited(dir: &Path, name: &str, args: &[&str], bytes: u64) -> Proc {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg("ulimit -v \"$0\" && exec \"$@\"")
+            .arg((bytes / 1024).to_string())
+            .arg(bin())
+            .args(args);
+        Proc::spawn_logged(dir, name, command, "spawn sh -c ulimit -v ... ccsrp")
+    }
+
+    /// Spawns `command` without the token variable, logging at info, stdout and stderr appended
+    /// to `dir/<name>.log`.
+    fn spawn_logged(dir: &Path, name: &str, mut command: Command, what: &str) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("open log");
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg("ulimit -v \"$0\" && exec \"$@\"")
-            .arg((bytes / 1024).to_string())
-            .arg(bin())
-            .args(args)
+        let child = command
             .env_remove("CCSRP_TOKEN")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("clone log"))
             .stderr(file)
             .spawn()
-            .expect("spawn sh -c ulimit -v ... ccsrp");
+            .expect(what);
         Proc {
             child,
             name: name.to_string(),

@@ -52,6 +52,8 @@ impl std::fmt::Display for Criterion {
 /// A keep count that does not fit a layer.
 #[derive(Debug, thiserror::Error)]
 pub enum CriterionError {
+    #[error("the model has no prunable layers")]
+    NoLayers,
     #[error("expected filter counts for {expected} prunable layers, got {got}")]
     LayerCount { expected: usize, got: usize },
     #[error("layer {layer}: keep {keep} filters, expected 1..={filters}")]
@@ -118,10 +120,7 @@ pub fn uniform_keep_for_macs(
             best = Some((distance, macs, ratio, keep));
         }
     }
-    let (_, macs, ratio, keep) = best.ok_or(CriterionError::LayerCount {
-        expected: 1,
-        got: 0,
-    })?;
+    let (_, macs, ratio, keep) = best.ok_or(CriterionError::NoLayers)?;
     Ok((ratio, keep, macs))
 }
 
