@@ -64,7 +64,7 @@ heartbeat_seconds = 5
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Job file (see docs/runtime.md); default: the built-in small synthetic job.
+    /// Job file (see the README, "The job file"); default: the built-in small synthetic job.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Worker loops in this process.
