@@ -39,6 +39,8 @@ enum Command {
     Prune(cli::prune::PruneArgs),
     /// Describe a model file: architecture, parameters, MACs.
     Info(cli::info::InfoArgs),
+    /// Draw a finished job's report: OUT_DIR/report.html and its SVG figures.
+    Report(cli::report::ReportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::Prune(a) => cli::prune::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::Report(a) => cli::report::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,43 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{ccsrp, write_job};
-
-/// Trains the job's dense model (same seed and hold-outs as SMALL_JOB) into `dir/dense.safetensors`.
-fn train_dense(dir: &Path) -> String {
-    let out = dir.join("dense.safetensors");
-    let out = out.to_str().expect("utf-8 path").to_string();
-    let run = ccsrp(&[
-        "train",
-        "--dataset",
-        "synthetic",
-        "--arch",
-        "tiny",
-        "--timesteps",
-        "2",
-        "--epochs",
-        "1",
-        "--train-limit",
-        "256",
-        "--test-limit",
-        "64",
-        "--eval-size",
-        "64",
-        "--val-size",
-        "64",
-        "--seed",
-        "7",
-        "--out",
-        &out,
-        "--json",
-    ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
-}
+use common::{ccsrp, train_small_dense as train_dense, write_job};
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("read summary")).expect("parse summary")

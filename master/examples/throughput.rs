@@ -101,6 +101,7 @@ fn answer(t: &v1::Task, worker: &str, eval: u32, shards: u32, artifact: &str) ->
                     fgsm: 600,
                     pgd: 500,
                 }),
+                activity: None,
             })
         }
         Some(task::Kind::FineTune(_)) => task_result::Outcome::FineTuned(v1::FineTunedResult {

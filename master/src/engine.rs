@@ -535,6 +535,24 @@ impl Engine {
                     at_most(&format!("{split}.fgsm"), m.fgsm, m.samples)?;
                     at_most(&format!("{split}.pgd"), m.pgd, m.samples)?;
                 }
+                if let Some(a) = &held_out.activity {
+                    if a.images != held_out.test.samples {
+                        return Err(invalid(
+                            "activity.images",
+                            a.images.to_string(),
+                            format!("{} (test.samples)", held_out.test.samples),
+                        ));
+                    }
+                    for (l, layer) in a.layers.iter().enumerate() {
+                        if layer.spikes > layer.neuron_steps {
+                            return Err(invalid(
+                                &format!("activity.layers[{l}].spikes"),
+                                layer.spikes.to_string(),
+                                format!("<= neuron_steps ({})", layer.neuron_steps),
+                            ));
+                        }
+                    }
+                }
                 Ok(())
             }
             (
@@ -1035,12 +1053,12 @@ impl Engine {
     }
 
     fn on_baseline(&mut self, metrics: HeldOutMetrics) {
-        self.baseline = Some(metrics);
+        self.baseline = Some(metrics.clone());
         if self.best.is_none() {
             self.best = self
                 .dense
                 .as_ref()
-                .map(|d| self.network_record(0, d, metrics));
+                .map(|d| self.network_record(0, d, metrics.clone()));
         }
         self.conclude_iteration();
     }
@@ -1069,6 +1087,7 @@ impl Engine {
             robust_drop,
             test_clean_drop,
             test_robust_drop,
+            activity: m.activity,
         }
     }
 
@@ -1091,7 +1110,7 @@ impl Engine {
         };
         let number = it.number;
         let network = it.network.spliced(masks, model.clone());
-        let record = self.network_record(number, &network, *metrics);
+        let record = self.network_record(number, &network, metrics.clone());
         let stop = &self.spec.config.stop;
         let within_limits =
             record.clean_drop <= stop.max_clean_drop && record.robust_drop <= stop.max_robust_drop;
@@ -1118,7 +1137,7 @@ impl Engine {
     }
 
     fn finish(&mut self, reason: StopReason) {
-        let (Some(dense), Some(baseline)) = (&self.dense, self.baseline) else {
+        let (Some(dense), Some(baseline)) = (&self.dense, self.baseline.clone()) else {
             return;
         };
         let dense = self.network_record(0, dense, baseline);

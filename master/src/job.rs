@@ -45,6 +45,8 @@ pub const MAX_TASK_ID_BYTES: usize = 256;
 pub struct JobSettings {
     pub name: String,
     pub backend: &'static str,
+    /// The results' energy estimate (`[energy]`).
+    pub energy: ccsrp_proto::energy::EnergyModel,
     pub dataset: v1::DatasetSpec,
     pub lease: Duration,
     pub heartbeat: Duration,
@@ -71,6 +73,7 @@ impl JobSettings {
         JobSettings {
             name: config.job.name.clone(),
             backend: config.job.backend.as_str(),
+            energy: config.energy,
             dataset: v1::DatasetSpec {
                 kind: d.kind.clone(),
                 data_dir: d.data_dir.clone(),

@@ -8,6 +8,9 @@
 //!   size, uploads in progress and their idle timeout, registered workers).
 //! - The engine's sections, unchanged: `[evolution]`, `[objectives]`, `[stop]`, `[adversarial]`,
 //!   `[finetune]`, `[test_attack]`, `[pretrain]` (see `crate::config`).
+//! - `[energy]` `e_ac_pj`, `e_mac_pj`: energy per accumulate and per multiply-accumulate of the
+//!   results' energy estimate (default 0.9 and 4.6 pJ, `ccsrp_proto::energy`); it changes no
+//!   decision, so it is not part of the job's fingerprint.
 //!
 //! [`JobConfig::validate`] names the offending field: `data.eval_shards = 0: expected ...`.
 
@@ -21,6 +24,7 @@ use crate::config::{
     PretrainParams, StopConfig, TestAttackParams,
 };
 use crate::EngineConfig;
+use ccsrp_proto::energy::EnergyModel;
 
 /// Dataset kinds a worker can load.
 pub const DATASET_KINDS: &[&str] = &[
@@ -58,6 +62,13 @@ pub struct JobConfig {
     pub finetune: FineTuneParams,
     pub test_attack: TestAttackParams,
     pub pretrain: PretrainParams,
+    /// Not serialised while default, so fingerprints of job files without it stay as they were.
+    #[serde(skip_serializing_if = "is_default_energy")]
+    pub energy: EnergyModel,
+}
+
+fn is_default_energy(e: &EnergyModel) -> bool {
+    *e == EnergyModel::default()
 }
 
 /// Evaluation backend of a job: every result must come from the same kind of arithmetic.
@@ -282,6 +293,14 @@ impl JobConfig {
 
     /// Checks every field; the first problem is the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v) in [
+            ("energy.e_ac_pj", self.energy.e_ac_pj),
+            ("energy.e_mac_pj", self.energy.e_mac_pj),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(field, v, "a finite number of picojoules >= 0"));
+            }
+        }
         let d = &self.data;
         if !DATASET_KINDS.contains(&d.kind.as_str()) {
             return Err(invalid(
@@ -371,6 +390,7 @@ impl JobConfig {
     pub fn fingerprint(&self) -> String {
         let mut relevant = self.clone();
         relevant.runtime = RuntimeSection::default();
+        relevant.energy = EnergyModel::default();
         let json = serde_json::to_vec(&relevant).unwrap_or_default();
         ccsrp_proto::artifact_chunks::sha256_hex(&json)
     }
@@ -385,6 +405,17 @@ mod tests {
         let c = JobConfig::parse("", "job.toml").unwrap();
         assert_eq!(c, JobConfig::default());
         assert_eq!(c.engine_config(), EngineConfig::default());
+    }
+
+    #[test]
+    fn energy_is_read_checked_and_left_out_of_the_fingerprint() {
+        let c = JobConfig::parse("[energy]\ne_ac_pj = 0.03\n", "job.toml").unwrap();
+        assert_eq!(c.energy.e_ac_pj, 0.03);
+        assert_eq!(c.energy.e_mac_pj, 4.6);
+        assert_eq!(c.fingerprint(), JobConfig::default().fingerprint());
+        let err = JobConfig::parse("[energy]\ne_mac_pj = -1\n", "job.toml").unwrap_err();
+        assert!(err.to_string().contains("energy.e_mac_pj = -1"), "{err}");
+        assert!(JobConfig::parse("[energy]\ne_ac = 1\n", "job.toml").is_err());
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //!
 //! # The runtime (gRPC, leases, artifacts, checkpoints)
 //! - [`server`]: [`server::serve`] runs one job on a listener until done or shut down; writes the
-//!   final checkpoint and the results ([`results`]).
+//!   final checkpoint and the results ([`results`]), then the report ([`report`]: `report.html`
+//!   and its SVG figures, drawn with `plotters`).
 //! - [`job`]: the served state (engine + [`lease::LeaseTable`] + workers + artifact store), one
 //!   lock held only for bookkeeping; [`wire`] maps work items and results to `ccsrp.v1`.
 //! - [`service`]: the Coordinator, Artifacts and Progress gRPC services.
@@ -51,6 +52,7 @@ pub mod job;
 pub mod job_config;
 pub mod lease;
 pub mod peer_log;
+pub mod report;
 pub mod results;
 pub mod server;
 pub mod service;

@@ -26,6 +26,10 @@ pub struct NetworkRecord {
     /// Test accuracy drops versus the dense model, in percentage points: for the record.
     pub test_clean_drop: f64,
     pub test_robust_drop: f64,
+    /// Spikes and synaptic operations on the clean test images (absent if the worker did not
+    /// count them).
+    #[serde(default)]
+    pub activity: Option<ccsrp_proto::activity::Activity>,
 }
 
 /// One finished outer iteration.

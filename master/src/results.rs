@@ -1,14 +1,15 @@
 //! The job's results, written to the out dir when it ends:
 //! - `model.safetensors`: the answer network (a copy of its artifact, loadable by `ccsrp eval`);
 //! - `iterations.json`: every outer iteration's network (validation and test counts, MACs, kept
-//!   filters, masks);
+//!   filters, masks, spikes and SOPs as counted, and `energy`: their per-image estimate);
 //! - `fronts.json` / `fronts.csv`: each layer's first front after the last generation of every
 //!   iteration (fitness counts, MACs, kept filters, the representative marked);
 //! - `summary.json` ([`Summary`]): dense versus pruned (validation and test clean, FGSM, PGD
 //!   accuracy, MACs, parameters, kept filters), the fine-tuning recipe and epochs the answer cost,
 //!   and the data splits: what `ccsrp prune` reads to run a baseline at equal cost, and writes in
 //!   the same shape;
-//! - `checkpoint.json`: the final job state.
+//! - `checkpoint.json`: the final job state;
+//! - `report.html` and its figures (`crate::report`), drawn from the files above.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -20,9 +21,12 @@ use serde::Deserialize;
 use crate::artifact_store::{write_atomic, StoreError};
 use crate::config::{FineTuneParams, TestAttackParams};
 use crate::job::Job;
-use crate::outcome::{NetworkRecord, StopReason};
+use crate::outcome::{IterationRecord, NetworkRecord, StopReason};
 use crate::work::TestMetrics;
 use crate::Engine;
+use ccsrp_proto::activity::Activity;
+use ccsrp_proto::energy::{self, EnergyEstimate, EnergyModel};
+use ccsrp_proto::v1::ModelDescription;
 
 /// Results that could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,9 @@ pub struct NetworkSummary {
     pub parameters: u64,
     /// Filters kept per prunable layer.
     pub kept_filters: Vec<u32>,
+    /// Spikes, SOPs and energy per image on the clean test images (absent if not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<EnergyEstimate>,
 }
 
 /// The data a result was measured on: enough to cut the same splits again.
@@ -135,11 +142,23 @@ impl NetworkSummary {
             macs,
             parameters,
             kept_filters,
+            energy: None,
         }
+    }
+
+    /// This summary with the energy estimate of `activity` (counted on the network `desc`).
+    pub fn with_energy(
+        mut self,
+        activity: Option<&Activity>,
+        desc: &ModelDescription,
+        model: &EnergyModel,
+    ) -> NetworkSummary {
+        self.energy = activity.map(|a| energy::estimate(a, desc, model));
+        self
     }
 }
 
-fn network_summary(r: &NetworkRecord) -> NetworkSummary {
+fn network_summary(r: &NetworkRecord, energy: &EnergyModel) -> NetworkSummary {
     let kept: Vec<u32> = r.kept_filters.iter().map(|k| k.len() as u32).collect();
     NetworkSummary::new(
         r.iteration,
@@ -150,6 +169,32 @@ fn network_summary(r: &NetworkRecord) -> NetworkSummary {
         ccsrp_proto::cost::parameters(&r.description, &kept).unwrap_or(0),
         kept,
     )
+    .with_energy(r.activity.as_ref(), &r.description, energy)
+}
+
+/// One entry of `iterations.json`: the record and its energy estimate.
+#[derive(Serialize)]
+struct IterationEntry<'a> {
+    #[serde(flatten)]
+    record: &'a IterationRecord,
+    energy: Option<EnergyEstimate>,
+}
+
+fn iteration_entries<'a>(
+    records: &'a [IterationRecord],
+    model: &EnergyModel,
+) -> Vec<IterationEntry<'a>> {
+    records
+        .iter()
+        .map(|record| IterationEntry {
+            record,
+            energy: record
+                .network
+                .activity
+                .as_ref()
+                .map(|a| energy::estimate(a, &record.network.description, model)),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -259,7 +304,11 @@ pub fn write(job: &Job, dir: &Path, checkpoint: &Path) -> Result<(), ResultsErro
     let outcome = outcome.ok_or(ResultsError::NotDone)?;
     let model = job.store().get(&outcome.answer.model.0)?;
     write_atomic(&dir.join("model.safetensors"), &model)?;
-    write_atomic(&dir.join("iterations.json"), &json(&outcome.iterations))?;
+    let energy = job.settings().energy;
+    write_atomic(
+        &dir.join("iterations.json"),
+        &json(&iteration_entries(&outcome.iterations, &energy)),
+    )?;
     write_atomic(&dir.join("fronts.json"), &json(&fronts))?;
     write_atomic(&dir.join("fronts.csv"), fronts_csv(&fronts).as_bytes())?;
     let d = &job.settings().dataset;
@@ -267,8 +316,8 @@ pub fn write(job: &Job, dir: &Path, checkpoint: &Path) -> Result<(), ResultsErro
     let summary = Summary {
         method: "ccsrp".into(),
         stop_reason: Some(outcome.reason),
-        dense: network_summary(&outcome.dense),
-        pruned: network_summary(answer),
+        dense: network_summary(&outcome.dense, &energy),
+        pruned: network_summary(answer, &energy),
         macs_reduction: outcome.macs_reduction(),
         iterations: outcome.iterations.len(),
         clean_drop: answer.clean_drop,
@@ -294,5 +343,10 @@ pub fn write(job: &Job, dir: &Path, checkpoint: &Path) -> Result<(), ResultsErro
         error,
     })?;
     write_atomic(&dir.join("checkpoint.json"), &state)?;
+    // The report is a view of the files above: a failure to draw it is logged, not fatal
+    // (`ccsrp report DIR` draws it again).
+    if let Err(e) = crate::report::write(dir, &crate::report::ReportOptions::default()) {
+        tracing::warn!("results in {}: report not written: {e}", dir.display());
+    }
     Ok(())
 }

@@ -139,11 +139,14 @@ pub struct TestMetrics {
 }
 
 /// An [`WorkKind::EvaluateTest`] answer: the validation split's counts, which the job's decisions
-/// read, and the test split's, which are only recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// read, and the test split's, which are only recorded; with the spikes and synaptic operations
+/// on the clean test images (absent from older workers and checkpoints).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldOutMetrics {
     pub validation: TestMetrics,
     pub test: TestMetrics,
+    #[serde(default)]
+    pub activity: Option<ccsrp_proto::activity::Activity>,
 }
 
 impl TestMetrics {

@@ -222,6 +222,7 @@ async fn malformed_and_unknown_results_are_refused_without_harming_the_job() {
             fgsm: 0,
             pgd: 0,
             validation: None,
+            activity: None,
         })),
         ..trained(W1, &t, &model)
     };

@@ -3,16 +3,20 @@
 //!
 //! - [`v1`]: generated messages and services (model description; the `Coordinator`, `Artifacts`
 //!   and `Progress` services).
+//! - [`activity`]: spikes and synaptic operations (SOPs) per layer, and each spike's fan-out.
 //! - [`artifact_chunks`]: cutting artifacts into 1 MiB chunks and reassembling them, sha256 checked.
 //! - [`auth`]: the shared bearer token (client interceptor and the server's check).
 //! - [`cost`]: MACs and parameter counts of a model description for any per-layer filter counts.
+//! - [`energy`]: energy estimate (E_AC x SOPs + E_MAC x first-layer MACs) and the ANN's.
 //! - [`mask`]: packing and checking of per-layer keep-masks.
 //! - [`quote`]: bounded quoting of peer input in status messages and log lines.
 //! - [`shard`]: the one rule that cuts a split into shards.
 
+pub mod activity;
 pub mod artifact_chunks;
 pub mod auth;
 pub mod cost;
+pub mod energy;
 pub mod mask;
 pub mod quote;
 pub mod shard;

@@ -2,7 +2,8 @@
 //!
 //! Counts are exact integers; the adversarial images are the attack's f32 output (not quantised),
 //! made white-box against the model itself (or, with `--source`, on another model: a transfer
-//! attack). Also reports each conv layer's spike rate on the clean images.
+//! attack). Also reports each conv layer's spike rate and synaptic operations on the clean images,
+//! and the energy estimate of one image ([`ccsrp_proto::energy`]; `--e-ac-pj`, `--e-mac-pj`).
 //!
 //! Robustness that survives gradient masking: `--restarts R` runs every PGD R times from fresh
 //! random starts, `--surrogates LIST` also differentiates through other surrogate gradients (the
@@ -20,13 +21,14 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 
+use ccsrp_proto::energy::{self, EnergyEstimate, EnergyModel};
 use ccsrp_worker::attack::{
     robustness, AttackKind, AttackParams, AttackRun, AttackScope, StrongAttackPlan,
     STRONG_PGD_STEPS, STRONG_RESTARTS,
 };
 use ccsrp_worker::data::{DatasetKind, DatasetSpec};
 use ccsrp_worker::device::parse_device;
-use ccsrp_worker::eval::{spike_rates, DEFAULT_BATCH};
+use ccsrp_worker::eval::{activity, DEFAULT_BATCH};
 use ccsrp_worker::lif::SurrogateSpec;
 use ccsrp_worker::model::SnnModel;
 use ccsrp_worker::train::TrainError;
@@ -97,6 +99,12 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a summary for people.
     #[arg(long)]
     pub json: bool,
+    /// Energy of one accumulate (a spike through a synapse) in pJ, for the energy estimate.
+    #[arg(long, default_value_t = ccsrp_proto::energy::DEFAULT_E_AC_PJ)]
+    pub e_ac_pj: f64,
+    /// Energy of one multiply-accumulate in pJ (the first layer's and the ANN's operations).
+    #[arg(long, default_value_t = ccsrp_proto::energy::DEFAULT_E_MAC_PJ)]
+    pub e_mac_pj: f64,
 }
 
 /// What `ccsrp eval --json` prints.
@@ -133,6 +141,9 @@ struct EvalReport {
     worst_case_correct: u64,
     worst_case_accuracy: f64,
     spike_rates: Vec<f64>,
+    /// Spikes, SOPs per layer and in total, first-layer MACs and the energy of one image over
+    /// all T steps on the clean images; the same network's ANN MACs and energy beside them.
+    energy: EnergyEstimate,
     seconds: f64,
 }
 
@@ -273,6 +284,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 {
         anyhow::bail!("--batch-size 0: expected at least 1 image per batch");
     }
+    let energy_model = EnergyModel {
+        e_ac_pj: args.e_ac_pj,
+        e_mac_pj: args.e_mac_pj,
+    };
+    for (flag, v) in [("--e-ac-pj", args.e_ac_pj), ("--e-mac-pj", args.e_mac_pj)] {
+        if !(v.is_finite() && v >= 0.0) {
+            anyhow::bail!("{flag} {v}: expected a finite number of picojoules >= 0");
+        }
+    }
     if args.limit == Some(0) {
         anyhow::bail!("--limit 0: expected at least 1 test image");
     }
@@ -331,7 +351,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         scope,
     )
     .map_err(|e| flag_error(TrainError::Attack(e)))?;
-    let rates = spike_rates(&model, &test, args.batch_size)?;
+    let energy = energy::estimate(
+        &activity(&model, &test, args.batch_size)?,
+        &model.description(),
+        &energy_model,
+    );
+    let rates: Vec<f64> = energy.layers.iter().map(|l| l.spike_rate).collect();
     let accuracy = |c: u64| result.accuracy(c);
     // The configured attack: every white-box run of exactly its parameters.
     let configured: Vec<&[bool]> = result
@@ -398,6 +423,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         worst_case_accuracy: accuracy(result.worst_case_correct),
         attack: params,
         spike_rates: rates,
+        energy,
         seconds: started.elapsed().as_secs_f64(),
     };
     if args.json {
@@ -460,6 +486,26 @@ fn print_report(report: &EvalReport) {
         .map(|r| format!("{r:.3}"))
         .collect();
     println!("spike rate per layer: {}", rates.join(", "));
+    let e = &report.energy;
+    let sops: Vec<String> = e
+        .layers
+        .iter()
+        .map(|l| format!("{:.0}", l.sops_per_image))
+        .collect();
+    println!(
+        "SOPs per image: {:.0} (per layer: {}); first-layer MACs: {}",
+        e.sops_per_image,
+        sops.join(", "),
+        e.first_layer_macs
+    );
+    println!(
+        "energy per image: {:.3} uJ as an SNN ({} pJ/AC, {} pJ/MAC); {:.3} uJ as an ANN ({} MACs)",
+        e.energy_pj * 1e-6,
+        e.e_ac_pj,
+        e.e_mac_pj,
+        e.ann_energy_pj * 1e-6,
+        e.ann_macs
+    );
     println!("{:.1} s", report.seconds);
 }
 

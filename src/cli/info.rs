@@ -1,10 +1,16 @@
 //! `ccsrp info`: what a model file holds: architecture, T, input shape, classes, per-layer filters,
 //! parameters and MACs (the shared formula of ARCHITECTURE.md, from the stored weight shapes, so a
-//! pruned model reports its pruned sizes).
+//! pruned model reports its pruned sizes), and what needs no data of the energy estimate
+//! ([`ccsrp_proto::energy`]): each layer's synapses per spike (inside the map; a border spike
+//! drives fewer), the first layer's MACs, and the network's MACs and energy as an ANN at the
+//! default pJ per operation. SOPs and the SNN's energy need spikes: `ccsrp eval`.
 
 use std::path::PathBuf;
 
 use serde::Serialize;
+
+use ccsrp_proto::activity::fan_out;
+use ccsrp_proto::energy;
 
 use ccsrp_worker::arch::InputShape;
 use ccsrp_worker::device::parse_device;
@@ -29,6 +35,9 @@ struct LayerInfo {
     out_height: u32,
     out_width: u32,
     pool_after: bool,
+    /// Synapses one spike of this layer drives, away from the borders: k x k x the next layer's
+    /// filters, or the classes for the last layer.
+    synapses_per_spike: u64,
 }
 
 /// What `ccsrp info --json` prints.
@@ -43,6 +52,12 @@ struct InfoReport {
     layers: Vec<LayerInfo>,
     parameters: u64,
     macs: u64,
+    /// MACs of the first layer over all T steps (its input is pixels, not spikes).
+    first_layer_macs: u64,
+    /// MACs of one pass of the same network as an ANN, and their energy at `e_mac_pj`.
+    ann_macs: u64,
+    ann_energy_pj: f64,
+    e_mac_pj: f64,
     lif: LifParams,
     normalisation: Normalisation,
 }
@@ -54,7 +69,11 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     let layers: Vec<LayerInfo> = description
         .layers
         .iter()
-        .map(|l| LayerInfo {
+        .enumerate()
+        .map(|(i, l)| LayerInfo {
+            synapses_per_spike: fan_out(&description, i)
+                .and_then(|f| f.into_iter().max())
+                .unwrap_or(0),
             filters: l.filters,
             in_channels: l.in_channels,
             kernel: l.kernel,
@@ -73,6 +92,10 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         layers,
         parameters: model.parameters(),
         macs: model.macs(),
+        first_layer_macs: energy::first_layer_macs(&description),
+        ann_macs: energy::ann_macs(&description),
+        ann_energy_pj: energy::DEFAULT_E_MAC_PJ * energy::ann_macs(&description) as f64,
+        e_mac_pj: energy::DEFAULT_E_MAC_PJ,
         lif: spec.lif,
         normalisation: spec.normalisation.clone(),
     };
@@ -95,7 +118,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     );
     for (i, l) in report.layers.iter().enumerate() {
         println!(
-            "  layer {i}: {} filters ({}x{} conv on {} channels), output {}x{}{}",
+            "  layer {i}: {} filters ({}x{} conv on {} channels), output {}x{}{}; a spike drives {} synapses",
             l.filters,
             l.kernel,
             l.kernel,
@@ -106,12 +129,20 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
                 ", then 2x2 average pool"
             } else {
                 ""
-            }
+            },
+            l.synapses_per_spike
         );
     }
     println!(
         "{} parameters; {} MACs per image over all {} steps",
         report.parameters, report.macs, report.timesteps
+    );
+    println!(
+        "first layer (real-valued input): {} MACs; as an ANN: {} MACs per image, {:.3} uJ at {} pJ/MAC",
+        report.first_layer_macs,
+        report.ann_macs,
+        report.ann_energy_pj * 1e-6,
+        report.e_mac_pj
     );
     Ok(())
 }

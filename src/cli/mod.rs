@@ -5,6 +5,7 @@ pub mod health;
 pub mod info;
 pub mod master;
 pub mod prune;
+pub mod report;
 pub mod run;
 pub mod status;
 pub mod train;

@@ -22,10 +22,12 @@ use ccsrp_master::results::{DataSummary, NetworkSummary, Summary};
 use ccsrp_master::TestMetrics;
 use ccsrp_proto::artifact_chunks::sha256_hex;
 use ccsrp_proto::cost;
+use ccsrp_proto::energy::EnergyModel;
 use ccsrp_worker::attack::AttackParams;
 use ccsrp_worker::criterion::{select_filters, uniform_keep, uniform_keep_for_macs, Criterion};
-use ccsrp_worker::data::{DatasetKind, DatasetSpec, Splits};
+use ccsrp_worker::data::{DatasetKind, DatasetSpec, ImageSet, Splits};
 use ccsrp_worker::device::parse_device;
+use ccsrp_worker::eval::{activity, DEFAULT_BATCH};
 use ccsrp_worker::held_out::{held_out_counts, HeldOutCounts, SplitCounts};
 use ccsrp_worker::model::SnnModel;
 use ccsrp_worker::train::{train, TrainConfig, TrainProgress};
@@ -209,11 +211,13 @@ fn finetune_config(s: &Settings, seed: u64) -> TrainConfig {
     config
 }
 
+/// The summary of `model`, with its spikes, SOPs and default energy estimate on `test`.
 fn network_summary(
     iteration: u32,
     sha256: &str,
     counts: &HeldOutCounts,
     model: &SnnModel,
+    test: &ImageSet,
 ) -> anyhow::Result<NetworkSummary> {
     let description = model.description();
     let kept: Vec<u32> = description.layers.iter().map(|l| l.filters).collect();
@@ -231,6 +235,11 @@ fn network_summary(
         cost::macs(&description, &kept)?,
         cost::parameters(&description, &kept)?,
         kept,
+    )
+    .with_energy(
+        Some(&activity(model, test, DEFAULT_BATCH)?),
+        &description,
+        &EnergyModel::default(),
     ))
 }
 
@@ -358,7 +367,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         );
     }
     let pruned_counts = held_out_counts(&pruned, &pruned_sha, &splits, attack.fgsm_eps, &pgd)?;
-    let pruned_summary = network_summary(1, &pruned_sha, &pruned_counts, &pruned)?;
+    let pruned_summary = network_summary(1, &pruned_sha, &pruned_counts, &pruned, &splits.test)?;
     // The job measured its dense network with the same procedure: reuse those counts when the
     // model and the splits are the job's.
     let dense_summary =
@@ -366,7 +375,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
             Some(s) => s.dense.clone(),
             None => {
                 let counts = held_out_counts(&dense, &dense_sha, &splits, attack.fgsm_eps, &pgd)?;
-                network_summary(0, &dense_sha, &counts, &dense)?
+                network_summary(0, &dense_sha, &counts, &dense, &splits.test)?
             }
         };
     let drop = |a: f64, b: f64| a - b;

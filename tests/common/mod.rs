@@ -215,6 +215,42 @@ pub fn write_job(dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
+/// Trains the job's dense model (same seed and hold-outs as SMALL_JOB) into `dir/dense.safetensors`.
+pub fn train_small_dense(dir: &Path) -> String {
+    let out = dir.join("dense.safetensors");
+    let out = out.to_str().expect("utf-8 path").to_string();
+    let run = ccsrp(&[
+        "train",
+        "--dataset",
+        "synthetic",
+        "--arch",
+        "tiny",
+        "--timesteps",
+        "2",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "256",
+        "--test-limit",
+        "64",
+        "--eval-size",
+        "64",
+        "--val-size",
+        "64",
+        "--seed",
+        "7",
+        "--out",
+        &out,
+        "--json",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
 /// The result files two runs of the same job must agree on, byte for byte.
 pub const RESULT_FILES: &[&str] = &[
     "summary.json",

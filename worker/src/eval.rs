@@ -8,6 +8,7 @@
 use crate::data::ImageSet;
 use crate::model::{pixels_to_tensor, ModelError, SnnModel};
 use candle_core::{DType, Tensor};
+use ccsrp_proto::activity::{sops_from_position_counts, Activity, LayerActivity};
 
 /// Images per forward pass when the caller has no better number (memory grows with T x batch).
 pub const DEFAULT_BATCH: usize = 100;
@@ -94,11 +95,24 @@ fn for_each_batch(
 }
 
 /// Fraction of neurons firing per step in each conv layer (spikes / (T x images x neurons)), over
-/// `set`: the activity that a synaptic-operations estimate multiplies with the next layer's MACs.
+/// `set`.
 pub fn spike_rates(model: &SnnModel, set: &ImageSet, batch: usize) -> Result<Vec<f64>, ModelError> {
+    Ok(activity(model, set, batch)?
+        .layers
+        .iter()
+        .map(|l| l.rate())
+        .collect())
+}
+
+/// Spikes and synaptic operations of every conv layer over `set` (all T steps), counted exactly:
+/// each spike adds its fan-out ([`ccsrp_proto::activity::fan_out`]) to its layer's SOPs.
+pub fn activity(model: &SnnModel, set: &ImageSet, batch: usize) -> Result<Activity, ModelError> {
+    let desc = model.description();
     let layers = model.num_layers();
-    let mut spikes = vec![0u64; layers];
-    let mut neurons = vec![0u64; layers];
+    let mut out = Activity {
+        images: set.len() as u64,
+        layers: vec![LayerActivity::default(); layers],
+    };
     let image = set.image_bytes();
     let batch = batch.max(1);
     for start in (0..set.len()).step_by(batch) {
@@ -112,16 +126,31 @@ pub fn spike_rates(model: &SnnModel, set: &ImageSet, batch: usize) -> Result<Vec
         )?;
         let input = model.normalised_input(&x)?;
         model.run_inference(0, input, |l, s| {
-            spikes[l] += u64::from(s.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?);
-            neurons[l] += s.elem_count() as u64;
+            // Spikes per output position, summed over steps x images and channels.
+            let per_position: Vec<u64> = s
+                .to_dtype(DType::U32)?
+                .sum(0)?
+                .sum(0)?
+                .flatten_all()?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(u64::from)
+                .collect();
+            let sops = sops_from_position_counts(&desc, l, &per_position).ok_or_else(|| {
+                ModelError::Input {
+                    what: "spikes",
+                    expected: format!("a spike map of layer {l} as its description says"),
+                    got: format!("{:?}", s.dims()),
+                }
+            })?;
+            let a = &mut out.layers[l];
+            a.spikes += per_position.iter().sum::<u64>();
+            a.neuron_steps += s.elem_count() as u64;
+            a.sops += sops;
             Ok(())
         })?;
     }
-    Ok(spikes
-        .iter()
-        .zip(&neurons)
-        .map(|(&s, &n)| if n == 0 { 0.0 } else { s as f64 / n as f64 })
-        .collect())
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -174,6 +203,89 @@ mod tests {
         assert_eq!(rates.len(), 2);
         assert!(rates.iter().all(|r| (0.0..=1.0).contains(r)));
         assert!(rates.iter().any(|&r| r > 0.0));
+    }
+
+    /// SOPs by brute force: every spike, every synapse of the next layer (or the classifier) that
+    /// reads the position it lands on after the pool.
+    fn brute_force_sops(model: &SnnModel, set: &ImageSet) -> Vec<u64> {
+        let geometry = model.geometry().to_vec();
+        let classes = model.spec().classes() as u64;
+        let mut sops = vec![0u64; geometry.len()];
+        let x = pixels_to_tensor(&set.pixels, set.len(), (1, 12, 12), &Device::Cpu).unwrap();
+        let input = model.normalised_input(&x).unwrap();
+        model
+            .run_inference(0, input, |l, s| {
+                let g = geometry[l];
+                let (n, c, h, w) = s.dims4()?;
+                let flat = s.flatten_all()?.to_vec1::<f32>()?;
+                let (ph, pw) = g.output_spatial();
+                for (at, &v) in flat.iter().enumerate() {
+                    assert_eq!(flat.len(), n * c * h * w);
+                    if v == 0.0 {
+                        continue;
+                    }
+                    let (y, x) = ((at / w) % h, at % w);
+                    let (iy, ix) = if g.pool_after { (y / 2, x / 2) } else { (y, x) };
+                    if iy >= ph || ix >= pw {
+                        continue;
+                    }
+                    let Some(next) = geometry.get(l + 1) else {
+                        sops[l] += classes;
+                        continue;
+                    };
+                    for _out_channel in 0..next.filters {
+                        for oy in 0..next.height {
+                            for ox in 0..next.width {
+                                if oy.abs_diff(iy) <= 1 && ox.abs_diff(ix) <= 1 {
+                                    sops[l] += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        sops
+    }
+
+    #[test]
+    fn sops_equal_a_brute_force_count() {
+        // 12x12 -> 4 filters, no pool (borders) -> 5 filters, pool to 6x6 -> 3 filters 6x6, pool
+        // to 3x3 -> 2 filters, pool drops row and column 2 -> classifier. A low threshold so that
+        // every layer of the untrained network spikes.
+        let mut spec = tiny_spec("4,5,M,3,M,2,M", 3);
+        spec.lif.v_threshold = 0.05;
+        let model = SnnModel::new(spec, &Device::Cpu, 5).unwrap();
+        let set = images(9);
+        let a = activity(&model, &set, 4).unwrap();
+        let sops: Vec<u64> = a.layers.iter().map(|l| l.sops).collect();
+        assert!(sops.iter().all(|&s| s > 0), "{sops:?}");
+        assert_eq!(sops, brute_force_sops(&model, &set));
+        assert_eq!(a.images, 9);
+        assert_eq!(a.layers[0].neuron_steps, 9 * 3 * 4 * 144);
+        assert_eq!(
+            activity(&model, &set, 100).unwrap(),
+            a,
+            "batching changes nothing"
+        );
+    }
+
+    #[test]
+    fn pruning_the_next_layers_filters_lowers_the_fan_out_exactly() {
+        use ccsrp_proto::v1::Mask;
+        let model = SnnModel::new(tiny_spec("4,M,6,M", 2), &Device::Cpu, 8).unwrap();
+        let set = images(7);
+        let dense = activity(&model, &set, 100).unwrap();
+        let keep = [true, false, true, false, false, true];
+        let pruned = model
+            .prune(&[Mask::all(4), Mask::from_keep(&keep)])
+            .unwrap();
+        let after = activity(&pruned, &set, 100).unwrap();
+        // Layer 0 spikes exactly as before; each spike now drives 3 of the 6 filters.
+        assert_eq!(after.layers[0].spikes, dense.layers[0].spikes);
+        assert_eq!(after.layers[0].sops * 6, dense.layers[0].sops * 3);
+        assert!(after.layers[0].sops < dense.layers[0].sops);
     }
 
     #[test]

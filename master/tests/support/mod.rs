@@ -167,6 +167,7 @@ impl Evaluator {
         HeldOutMetrics {
             validation: split(VAL_SAMPLES, 20, q),
             test: split(TEST_SAMPLES, 10, self.test_quality.unwrap_or(q)),
+            activity: None,
         }
     }
 

@@ -24,7 +24,7 @@ use ccsrp_proto::v1::{self, task, task_result, Mask, Task};
 
 use crate::attack::AttackParams;
 use crate::data::{DatasetKind, DatasetSpec, ImageSet, Splits};
-use crate::eval::predictions;
+use crate::eval::{activity, predictions, DEFAULT_BATCH};
 use crate::held_out::{attacked, held_out_counts, SplitCounts};
 use crate::model::{images_to_tensor, ModelSpec, SnnModel};
 use crate::train::{train, TrainConfig};
@@ -324,12 +324,25 @@ impl TaskExecutor {
             fgsm: c.fgsm,
             pgd: c.pgd,
         };
+        let activity = activity(&model, &splits.test, DEFAULT_BATCH)?;
         Ok(task_result::Outcome::TestMetrics(v1::TestMetricsResult {
             samples: counts.test.samples,
             clean: counts.test.clean,
             fgsm: counts.test.fgsm,
             pgd: counts.test.pgd,
             validation: Some(split(counts.validation)),
+            activity: Some(v1::Activity {
+                images: activity.images,
+                layers: activity
+                    .layers
+                    .iter()
+                    .map(|l| v1::LayerActivity {
+                        neuron_steps: l.neuron_steps,
+                        spikes: l.spikes,
+                        sops: l.sops,
+                    })
+                    .collect(),
+            }),
         }))
     }
 
