@@ -30,12 +30,17 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The finished job's out dir (`<tmp>/out`) with an L1 baseline beside it (`<tmp>/l1`), made
-/// once for every test of this file.
+/// The finished job's out dir (`<dir>/out`) with an L1 baseline beside it (`<dir>/l1`), made
+/// once for every test of this file in cargo's scratch dir for tests (remade on each run, left
+/// there to look at: `<target>/tmp/report-e2e/out/report.html`).
 fn finished_job() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-e2e");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).expect("remove the last run's report-e2e");
+        }
+        std::fs::create_dir_all(&dir).expect("create report-e2e");
         let dense = common::train_small_dense(&dir);
         let job = write_job(&dir, &format!("[model]\npath = {dense:?}\n"));
         let out = dir.join("out");

@@ -98,6 +98,8 @@ pub struct Figure {
     pub rings: Vec<(f64, f64)>,
     /// Bar width in x units (bar series).
     pub bar_width: f64,
+    /// Label only whole x values (e.g. layer numbers).
+    pub integer_x: bool,
 }
 
 impl Figure {
@@ -110,6 +112,7 @@ impl Figure {
             limits: Vec::new(),
             rings: Vec::new(),
             bar_width: 0.0,
+            integer_x: false,
         }
     }
 
@@ -231,13 +234,22 @@ fn draw(figure: &Figure, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()
         .y_label_area_size(64)
         .build_cartesian_2d(xr.clone(), yr)
         .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_desc(&figure.x_label)
+    let whole = |x: &f64| {
+        if (x - x.round()).abs() < 1e-6 {
+            format!("{x:.0}")
+        } else {
+            String::new()
+        }
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(&figure.x_label)
         .y_desc(&figure.y_label)
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(e)?;
+        .light_line_style(WHITE.mix(0.0));
+    if figure.integer_x {
+        let whole_values = (xr.end - xr.start).ceil().max(1.0) as usize + 1;
+        mesh.x_labels(whole_values).x_label_formatter(&whole);
+    }
+    mesh.draw().map_err(e)?;
     for limit in &figure.limits {
         let style = limit.colour.stroke_width(1);
         let colour = limit.colour;

@@ -9,6 +9,7 @@ pub const FILE: &str = "filters.svg";
 /// The figure of kept filters per layer.
 pub fn figure(inputs: &Inputs) -> Figure {
     let mut f = Figure::new("Filters kept per layer", "conv layer", "filters kept");
+    f.integer_x = true;
     let path = |kept: &[u32]| -> Vec<(f64, f64)> {
         kept.iter()
             .enumerate()

@@ -89,19 +89,19 @@ pub fn figures(inputs: &inputs::Inputs) -> Result<Vec<Drawn>, ReportError> {
     });
     for layer in inputs.front_layers() {
         let (panels, (lo, hi)) = fronts::panels(inputs, layer);
-        let caption = format!(
-            "Layer {layer}: first front after each iteration's last generation; colour = MACs of \
-             the candidate's network, dark {lo} to yellow {hi}; ringed: the representative."
-        );
+        let scale = format!("colour: MACs, dark {lo} to yellow {hi}; ringed: representative");
         out.push(Drawn {
             file: fronts::file(layer),
             svg: chart::render_panels(
                 &format!("Layer {layer}: first fronts (eval split)"),
                 &panels,
                 3,
-                &caption,
+                &scale,
             )?,
-            caption,
+            caption: format!(
+                "Layer {layer}: the first front after each iteration's last generation, clean \
+                 against adversarial correct count on the eval split; {scale}."
+            ),
         });
     }
     for measure in [spikes::Measure::SpikeRate, spikes::Measure::Sops] {

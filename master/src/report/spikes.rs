@@ -49,6 +49,7 @@ pub fn figure(inputs: &Inputs, measure: Measure) -> Option<Figure> {
         y,
     );
     f.bar_width = 0.38;
+    f.integer_x = true;
     let bars = |e: &EnergyEstimate, shift: f64| -> Vec<(f64, f64)> {
         e.layers
             .iter()
