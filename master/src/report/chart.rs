@@ -18,10 +18,10 @@ pub const MARKER_RADIUS: u32 = 4;
 pub const RING_RADIUS: u32 = 8;
 
 /// Size of one figure in pixels.
-pub const SIZE: (u32, u32) = (760, 460);
+pub const SIZE: (u32, u32) = (900, 460);
 
-/// Distinct series colours (Tableau 10).
-pub const PALETTE: [RGBColor; 10] = [
+/// Distinct series colours (Tableau 10, then six more).
+pub const PALETTE: [RGBColor; 16] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -32,6 +32,12 @@ pub const PALETTE: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(0, 63, 125),
+    RGBColor(128, 0, 0),
+    RGBColor(0, 128, 128),
+    RGBColor(255, 187, 120),
+    RGBColor(152, 223, 138),
+    RGBColor(197, 176, 213),
 ];
 
 /// `#RRGGBB` of a colour, as the SVG backend writes it.
@@ -223,11 +229,36 @@ pub fn render_panels(
     Ok(svg)
 }
 
+/// Width of the legend column right of a plot, in pixels.
+const LEGEND_WIDTH: u32 = 230;
+
+/// One legend entry: label, colour, whether it is a bar (a filled square) or a line.
+type Entry = (String, RGBColor, bool);
+
 fn draw(figure: &Figure, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String> {
     let e = |e: DrawingAreaErrorKind<_>| e.to_string();
     area.fill(&WHITE).map_err(e)?;
+    let mut entries: Vec<Entry> = figure
+        .limits
+        .iter()
+        .map(|l| (l.label.clone(), l.colour, false))
+        .collect();
+    entries.extend(
+        figure
+            .series
+            .iter()
+            .filter(|s| !s.label.is_empty())
+            .map(|s| (s.label.clone(), s.colour, s.style == Style::Bars)),
+    );
+    let width = area.dim_in_pixel().0;
+    let legend_width = if entries.is_empty() {
+        0
+    } else {
+        LEGEND_WIDTH.min(width / 3)
+    };
+    let (plot, legend) = area.split_horizontally(width.saturating_sub(legend_width) as i32);
     let (xr, yr) = figure.ranges();
-    let mut chart = ChartBuilder::on(area)
+    let mut chart = ChartBuilder::on(&plot)
         .caption(&figure.title, ("sans-serif", 17))
         .margin(12)
         .x_label_area_size(42)
@@ -251,18 +282,13 @@ fn draw(figure: &Figure, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()
     }
     mesh.draw().map_err(e)?;
     for limit in &figure.limits {
-        let style = limit.colour.stroke_width(1);
-        let colour = limit.colour;
         chart
             .draw_series(LineSeries::new(
                 [(xr.start, limit.y), (xr.end, limit.y)],
-                style,
+                limit.colour.stroke_width(1),
             ))
-            .map_err(e)?
-            .label(&limit.label)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], colour));
+            .map_err(e)?;
     }
-    let mut labelled = false;
     for s in &figure.series {
         let colour = s.colour;
         if s.style == Style::Path && s.points.len() > 1 {
@@ -270,32 +296,20 @@ fn draw(figure: &Figure, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()
                 .draw_series(LineSeries::new(s.points.clone(), colour.stroke_width(2)))
                 .map_err(e)?;
         }
-        let annotation = if s.style == Style::Bars {
+        if s.style == Style::Bars {
             let half = figure.bar_width / 2.0;
             chart
                 .draw_series(s.points.iter().map(|&(x, y)| {
                     Rectangle::new([(x - half, 0.0), (x + half, y)], colour.filled())
                 }))
-                .map_err(e)?
+                .map_err(e)?;
         } else {
             chart
                 .draw_series(s.points.iter().enumerate().map(|(i, &p)| {
                     let c = s.point_colours.get(i).copied().unwrap_or(colour);
                     Circle::new(p, MARKER_RADIUS, c.filled())
                 }))
-                .map_err(e)?
-        };
-        if !s.label.is_empty() {
-            labelled = true;
-            if s.style == Style::Bars {
-                annotation.label(&s.label).legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled())
-                });
-            } else {
-                annotation
-                    .label(&s.label)
-                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], colour));
-            }
+                .map_err(e)?;
         }
     }
     if !figure.rings.is_empty() {
@@ -308,14 +322,27 @@ fn draw(figure: &Figure, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()
             )
             .map_err(e)?;
     }
-    if labelled || !figure.limits.is_empty() {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()
+    draw_legend(&legend, &entries)
+}
+
+/// The legend column: a line (or a square for bars) in each entry's colour, then its label.
+fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>, entries: &[Entry]) -> Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let mut y = 44;
+    for (label, colour, bar) in entries {
+        if *bar {
+            area.draw(&Rectangle::new([(4, y - 5), (16, y + 5)], colour.filled()))
+                .map_err(e)?;
+        } else {
+            area.draw(&PathElement::new(
+                vec![(2, y), (18, y)],
+                colour.stroke_width(2),
+            ))
             .map_err(e)?;
+        }
+        area.draw(&Text::new(label.clone(), (24, y - 6), ("sans-serif", 12)))
+            .map_err(e)?;
+        y += 18;
     }
     Ok(())
 }
