@@ -280,3 +280,37 @@ fn the_page_opens_in_headless_chromium_and_is_not_blank() {
         "no figure colours in the screenshot ({blue} pixels)"
     );
 }
+
+#[test]
+fn a_missing_results_dir_or_baseline_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-out");
+    let run = ccsrp(&["report", missing.to_str().unwrap()]);
+    assert!(!run.status.success());
+    assert!(
+        stderr(&run).contains("no-such-out/summary.json"),
+        "{}",
+        stderr(&run)
+    );
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{}").unwrap();
+    let out = finished_job();
+    for (baseline, expected) in [
+        (dir.path().join("nope"), "--baseline"),
+        (bad.clone(), "no field `pruned`"),
+    ] {
+        let run = ccsrp(&[
+            "report",
+            out.to_str().unwrap(),
+            "--baseline",
+            baseline.to_str().unwrap(),
+        ]);
+        assert!(!run.status.success(), "{baseline:?} accepted");
+        let text = stderr(&run);
+        assert!(
+            text.contains(expected)
+                && text.contains(baseline.file_name().unwrap().to_str().unwrap()),
+            "{text}"
+        );
+    }
+}
