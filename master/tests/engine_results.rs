@@ -193,3 +193,38 @@ fn items_are_handed_out_once_and_stay_outstanding_until_answered() {
     );
     assert_eq!(engine.outstanding().len(), 2 + 4);
 }
+
+#[test]
+fn test_metrics_with_impossible_activity_are_rejected_naming_the_field() {
+    use ccsrp_proto::activity::{Activity, LayerActivity};
+    let mut engine = Engine::new(spec(1, EngineConfig::default(), 2, false)).unwrap();
+    let mut evaluator = Evaluator::new(Problem::new(1), 2);
+    let item = engine
+        .ask()
+        .into_iter()
+        .find(|i| matches!(i.kind, WorkKind::EvaluateTest { .. }))
+        .expect("the dense network's test evaluation");
+    let mut with_activity = |images: u64, spikes: u64| {
+        let mut r = evaluator.answer(&item);
+        let WorkOutput::TestMetrics(m) = &mut r.output else {
+            panic!("expected test metrics, got {:?}", r.output)
+        };
+        let samples = m.test.samples;
+        m.activity = Some(Activity {
+            images: samples + images,
+            layers: vec![LayerActivity {
+                neuron_steps: 100,
+                spikes,
+                sops: 7 * spikes,
+            }],
+        });
+        r
+    };
+    let before = engine.clone();
+    let e = engine.tell(with_activity(1, 10)).unwrap_err();
+    assert!(e.to_string().contains("activity.images"), "{e}");
+    let e = engine.tell(with_activity(0, 101)).unwrap_err();
+    assert!(e.to_string().contains("activity.layers[0].spikes"), "{e}");
+    assert_eq!(engine, before);
+    assert_eq!(engine.tell(with_activity(0, 100)).unwrap(), Told::Accepted);
+}
