@@ -369,7 +369,8 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
                 network_summary(0, &dense_sha, &counts, &dense)?
             }
         };
-    let drop = |a: f64, b: f64| a - b;
+    // Percentage points rounded to 0.01, as in a job's summary (the counts are beside them).
+    let drop = |a: f64, b: f64| ccsrp_master::job::round_to(a - b, 2);
     let report = PruneReport {
         summary: Summary {
             method: args.method.to_string(),
@@ -392,6 +393,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
             data: settings.data.clone(),
             dense: dense_summary,
             pruned: pruned_summary,
+            run: None,
         },
         amount,
         keep_ratio,
