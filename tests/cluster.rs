@@ -156,6 +156,7 @@ fn check_fronts_and_reproduce_commands(out: &std::path::Path) {
             ("pgd_correct", "pgd_correct"),
             ("images", "test_samples"),
         ] {
+            assert!(got[ours].is_u64(), "{ours} of {command}: {got}");
             assert_eq!(got[ours], network[theirs], "{ours} of {command}");
         }
     }

@@ -72,6 +72,19 @@ pub fn summary(s: &JobStatus) -> String {
         s.results_accepted,
         s.results_dropped
     );
+    out += &format!(
+        "progress: {}/{} steps ({:.1}%), {} elapsed{}\n",
+        s.steps_done,
+        s.steps_total,
+        s.percent_done,
+        super::progress_view::duration_text(s.elapsed_seconds),
+        match s.remaining_seconds {
+            Some(left) if !s.done => {
+                format!(", ~{} left", super::progress_view::duration_text(left))
+            }
+            _ => String::new(),
+        }
+    );
     if s.failed {
         out += &format!(
             "FAILED: task {} failed {} times:\n",
