@@ -82,6 +82,12 @@ fn three_worker_processes_give_the_embedded_runs_result() {
         ),
         "the last time-stamped line says the job is done:\n{log}"
     );
+    // `best` is absent until an iteration's network is accepted: the dense network is `dense`,
+    // never `best`.
+    assert!(
+        !log.contains("best network (iteration 0)"),
+        "the dense network shown as the best:\n{log}"
+    );
     assert!(
         summary
             .first()

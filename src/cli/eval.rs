@@ -436,10 +436,21 @@ fn check_test_fits(
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
     if args.held_out {
-        return run_held_out(&args, started);
+        return run_held_out(&args, Instant::now());
     }
+    let report = evaluate(&args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// The measurement the flags ask for (all but `--held-out`).
+fn evaluate(args: &EvalArgs) -> anyhow::Result<EvalReport> {
+    let started = Instant::now();
     let params = AttackParams {
         kind: args.attack,
         eps: args.eps,
@@ -562,12 +573,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         spike_rates: rates,
         seconds: started.elapsed().as_secs_f64(),
     };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    Ok(report)
 }
 
 fn print_report(report: &EvalReport) {
@@ -825,6 +831,51 @@ mod tests {
                 .unwrap_or_default();
             assert!(e.contains("--surrogates"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn json_accuracies_are_percentages_and_attack_none_has_no_attack_fields() {
+        use ccsrp_worker::arch::{Architecture, InputShape};
+        use ccsrp_worker::model::ModelSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let device = parse_device("cpu").unwrap();
+        let spec = ModelSpec::new(
+            Architecture::preset("tiny").unwrap(),
+            1,
+            InputShape {
+                channels: 3,
+                height: 32,
+                width: 32,
+            },
+            (0..10).map(|c| c.to_string()).collect(),
+        );
+        let path = dir.path().join("model.safetensors");
+        SnnModel::new(spec, &device, 0)
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        let report_of = |flags: &[&str]| {
+            let mut args = parse(flags).unwrap();
+            args.model = path.clone();
+            serde_json::to_value(evaluate(&args).unwrap()).unwrap()
+        };
+        let none = report_of(&["--limit", "8"]);
+        for absent in ["attack", "adversarial_correct", "adversarial_accuracy"] {
+            assert!(none.get(absent).is_none(), "{absent} in {none}");
+        }
+        let clean = none["clean_correct"].as_u64().unwrap();
+        assert_eq!(
+            none["clean_accuracy"].as_f64(),
+            Some(percent(clean, 8)),
+            "{none}"
+        );
+        let fgsm = report_of(&["--limit", "8", "--attack", "fgsm"]);
+        let correct = fgsm["adversarial_correct"].as_u64().unwrap();
+        assert_eq!(
+            fgsm["adversarial_accuracy"].as_f64(),
+            Some(100.0 * correct as f64 / 8.0)
+        );
+        assert_eq!(fgsm["attack"]["kind"], "fgsm", "{fgsm}");
     }
 
     #[test]
