@@ -467,11 +467,11 @@ fn evaluate(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     if args.limit == Some(0) {
         anyhow::bail!("--limit 0: expected at least 1 test image");
     }
-    let runs = attack_runs(&args, &params)?;
+    let runs = attack_runs(args, &params)?;
     let device = parse_device(&args.device).context("--device")?;
     let model = SnnModel::load(&args.model, &device)?;
     let source = match &args.source {
-        Some(path) => Some(load_source(path, &args, &model)?),
+        Some(path) => Some(load_source(path, args, &model)?),
         None => None,
     };
     let dataset = DatasetSpec {
@@ -483,7 +483,7 @@ fn evaluate(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         .load()
         .with_context(|| format!("--dataset {}", args.dataset))?
         .test;
-    check_test_fits(&args, &test, &model)?;
+    check_test_fits(args, &test, &model)?;
     let scope = if args.strong && !args.every_image {
         AttackScope::Survivors
     } else {
