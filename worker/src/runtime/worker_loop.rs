@@ -34,6 +34,9 @@ pub struct WorkerOptions {
     pub master: String,
     /// The job's shared token, when it has one.
     pub token: Option<String>,
+    /// TLS files for an `https://` master (the CA that signed its certificate, a client
+    /// certificate for mutual TLS); none for a plain `http://` one.
+    pub tls: ccsrp_proto::tls::ClientTls,
     /// Where fetched artifacts are cached (content-addressed, shared across jobs).
     pub cache_dir: PathBuf,
     /// A local copy of the dataset; without it the worker loads the job's dataset spec as given
@@ -78,7 +81,10 @@ fn backend_of(device: &str) -> &str {
 fn is_transient(e: &ClientError) -> bool {
     match e {
         ClientError::Connect { .. } => true,
-        ClientError::BadUrl { .. } | ClientError::Artifact { .. } => false,
+        ClientError::BadUrl { .. }
+        | ClientError::TlsSettings(_)
+        | ClientError::Tls { .. }
+        | ClientError::Artifact { .. } => false,
         ClientError::Rpc { status: s, .. } => matches!(
             s.code(),
             Code::Unavailable
@@ -149,7 +155,7 @@ async fn register(options: &WorkerOptions, cache: &ArtifactCache) -> Result<Sess
             reason: format!("shared token: {e}"),
         }
     })?;
-    let mut client = MasterClient::connect(&options.master, &token).await?;
+    let mut client = MasterClient::connect_with_tls(&options.master, &token, &options.tls).await?;
     let job = client
         .coordinator
         .register(RegisterRequest {
@@ -162,10 +168,20 @@ async fn register(options: &WorkerOptions, cache: &ArtifactCache) -> Result<Sess
             artifacts: cache.names(),
         })
         .await
-        .map_err(|status| ClientError::Rpc {
-            call: "Register",
-            status,
-        })?
+        .map_err(
+            |status| match ccsrp_proto::tls::handshake_failure(&status) {
+                // With TLS 1.3 a master that refuses this worker's certificate says so after the
+                // handshake, on the first call.
+                Some(reason) => ClientError::Tls {
+                    url: options.master.clone(),
+                    reason,
+                },
+                None => ClientError::Rpc {
+                    call: "Register",
+                    status,
+                },
+            },
+        )?
         .into_inner();
     Ok(Session { client, job })
 }
