@@ -58,14 +58,24 @@ pub async fn progress(
     ))
 }
 
-/// A failed call's message for people: the status message, or what went wrong in the TLS
-/// handshake when that is why (a master refusing this client's certificate says so only on the
-/// first call).
-pub fn describe(status: &tonic::Status) -> String {
-    match handshake_failure(status) {
-        Some(reason) => reason,
-        None => format!("{} ({:?})", status.message(), status.code()),
+/// A failed call's message for people: what went wrong with TLS when that is why (a master
+/// refusing this client's certificate shows only as a closed connection to the call, so
+/// [`ClientTls::diagnose`] asks the master itself), else the status message and code.
+pub async fn explain(url: &str, tls: &ClientTls, status: &tonic::Status) -> String {
+    if let Some(reason) = handshake_failure(status) {
+        return reason;
     }
+    if tls.is_configured()
+        && matches!(
+            status.code(),
+            tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable
+        )
+    {
+        if let Some(reason) = tls.diagnose(url).await {
+            return reason;
+        }
+    }
+    format!("{} ({:?})", status.message(), status.code())
 }
 
 /// The standard gRPC health status of the whole server (service ""): Ok(true) when SERVING.

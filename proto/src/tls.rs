@@ -95,14 +95,14 @@ impl PemFile {
     }
 
     /// The file's certificates as trust anchors (a CA bundle); each must parse as one.
-    fn trust_anchors(&self) -> Result<Certificate, TlsError> {
+    fn trust_anchors(&self) -> Result<(Certificate, rustls::RootCertStore), TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for (i, cert) in self.certificates()?.into_iter().enumerate() {
             roots.add(cert).map_err(|e| {
                 self.invalid(format!("certificate {} is not a usable CA: {e}", i + 1))
             })?;
         }
-        Ok(Certificate::from_pem(&self.bytes))
+        Ok((Certificate::from_pem(&self.bytes), roots))
     }
 }
 
@@ -110,16 +110,23 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A certificate chain and its private key, checked to belong together.
+struct KeyPair {
+    identity: Identity,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
 /// Checks that `key` is the private key of the first certificate of `cert` (and that rustls can
-/// sign with it), returning the pair as a tonic identity.
-fn identity(cert: &PemFile, key: &PemFile) -> Result<Identity, TlsError> {
+/// sign with it).
+fn key_pair(cert: &PemFile, key: &PemFile) -> Result<KeyPair, TlsError> {
     let chain = cert.certificates()?;
     let private_key = key.private_key()?;
     let signing_key = provider()
         .key_provider
-        .load_private_key(private_key)
+        .load_private_key(private_key.clone_key())
         .map_err(|e| key.invalid(format!("unusable private key: {e}")))?;
-    rustls::sign::CertifiedKey::new(chain, signing_key)
+    rustls::sign::CertifiedKey::new(chain.clone(), signing_key)
         .keys_match()
         .or_else(|e| match e {
             rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown) => Ok(()),
@@ -131,7 +138,11 @@ fn identity(cert: &PemFile, key: &PemFile) -> Result<Identity, TlsError> {
                 key.flag, key.path, cert.flag, cert.path
             ))
         })?;
-    Ok(Identity::from_pem(&cert.bytes, &key.bytes))
+    Ok(KeyPair {
+        identity: Identity::from_pem(&cert.bytes, &key.bytes),
+        chain,
+        key: private_key,
+    })
 }
 
 /// The master's TLS: its certificate chain `cert` and key `key` (PEM), and with `client_ca` mutual
@@ -143,10 +154,10 @@ pub fn server_config(
 ) -> Result<ServerTlsConfig, TlsError> {
     let cert = PemFile::read("--tls-cert", cert)?;
     let key = PemFile::read("--tls-key", key)?;
-    let mut config = ServerTlsConfig::new().identity(identity(&cert, &key)?);
+    let mut config = ServerTlsConfig::new().identity(key_pair(&cert, &key)?.identity);
     if let Some(ca) = client_ca {
         let ca = PemFile::read("--tls-client-ca", ca)?;
-        config = config.client_ca_root(ca.trust_anchors()?);
+        config = config.client_ca_root(ca.trust_anchors()?.0);
     }
     Ok(config)
 }
@@ -157,6 +168,8 @@ pub fn server_config(
 pub struct ClientTls {
     /// Built from the files; None when no file was given.
     config: Option<ClientTlsConfig>,
+    /// The same settings for [`ClientTls::diagnose`]'s own handshake (with --tls-ca only).
+    probe: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientTls {
@@ -177,26 +190,33 @@ impl ClientTls {
             return Ok(ClientTls::none());
         }
         let mut config = ClientTlsConfig::new();
+        let mut roots = None;
         match ca {
             Some(ca) => {
-                config = config.ca_certificate(PemFile::read("--tls-ca", ca)?.trust_anchors()?)
+                let (certificate, store) = PemFile::read("--tls-ca", ca)?.trust_anchors()?;
+                config = config.ca_certificate(certificate);
+                roots = Some(store);
             }
             None => config = config.with_webpki_roots(),
         }
-        match (cert, key) {
-            (Some(cert), Some(key)) => {
-                let cert = PemFile::read("--tls-cert", cert)?;
-                let key = PemFile::read("--tls-key", key)?;
-                config = config.identity(identity(&cert, &key)?);
-            }
-            (None, None) => {}
+        let pair = match (cert, key) {
+            (Some(cert), Some(key)) => Some(key_pair(
+                &PemFile::read("--tls-cert", cert)?,
+                &PemFile::read("--tls-key", key)?,
+            )?),
+            (None, None) => None,
             (Some(_), None) | (None, Some(_)) => return Err(TlsError::Usage(
                 "--tls-cert and --tls-key go together: a client certificate and its private key"
                     .into(),
             )),
+        };
+        if let Some(pair) = &pair {
+            config = config.identity(pair.identity.clone());
         }
+        let probe = roots.and_then(|roots| probe_config(roots, pair));
         Ok(ClientTls {
             config: Some(config),
+            probe,
         })
     }
 
@@ -243,6 +263,65 @@ impl ClientTls {
     }
 }
 
+/// rustls settings equal to tonic's for `roots` and the client certificate `pair` (h2 by ALPN).
+fn probe_config(
+    roots: rustls::RootCertStore,
+    pair: Option<KeyPair>,
+) -> Option<Arc<rustls::ClientConfig>> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots);
+    let mut config = match pair {
+        Some(pair) => builder.with_client_auth_cert(pair.chain, pair.key).ok()?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Some(Arc::new(config))
+}
+
+impl ClientTls {
+    /// Why calls to the `https://` master at `url` fail, when TLS is why: a handshake of its own
+    /// with the same settings, then a wait for the master's first bytes. With TLS 1.3 a master
+    /// that refuses the client's certificate says so only after the handshake, and the gRPC
+    /// call sees just a closed connection; this finds the master's alert. None when the
+    /// handshake works (or cannot be tried: no --tls-ca, an unreachable master).
+    pub async fn diagnose(&self, url: &str) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        let probe = self.probe.clone()?;
+        let endpoint = self.endpoint(url).ok()?;
+        let uri = endpoint.uri();
+        if uri.scheme_str() != Some("https") {
+            return None;
+        }
+        let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
+        let wait = std::time::Duration::from_secs(5);
+        let tcp = tokio::time::timeout(
+            wait,
+            tokio::net::TcpStream::connect((host, uri.port_u16().unwrap_or(443))),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let mut tls = match tokio::time::timeout(
+            wait,
+            tokio_rustls::TlsConnector::from(probe).connect(name, tcp),
+        )
+        .await
+        .ok()?
+        {
+            Ok(tls) => tls,
+            Err(e) => return handshake_failure(&e),
+        };
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(wait, tls.read(&mut byte)).await {
+            Ok(Err(e)) => handshake_failure(&e),
+            _ => None,
+        }
+    }
+}
+
 /// Why a TLS handshake failed, when `error` or one of its sources is a rustls error: a sentence
 /// saying what to change. None for errors that are not about TLS (a refused connection, say).
 pub fn handshake_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
@@ -259,9 +338,36 @@ pub fn handshake_failure(error: &(dyn std::error::Error + 'static)) -> Option<St
         {
             return Some(explain(tls));
         }
+        // h2 keeps only the text of an I/O error (a TLS alert the master sent after the
+        // handshake, refusing this client's certificate, arrives that way): rustls's wording.
+        if let Some(alert) = alert_in_text(&e.to_string()) {
+            return Some(explain(&rustls::Error::AlertReceived(alert)));
+        }
         current = e.source();
     }
     None
+}
+
+/// The alert of rustls's "received fatal alert: NAME" in `text`, for the alerts a server sends
+/// when it refuses a client's certificate.
+fn alert_in_text(text: &str) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription as A;
+    let (_, after) = text.split_once("received fatal alert: ")?;
+    let name: String = after
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    [
+        A::CertificateRequired,
+        A::BadCertificate,
+        A::UnknownCA,
+        A::CertificateUnknown,
+        A::HandshakeFailure,
+        A::AccessDenied,
+        A::DecryptError,
+    ]
+    .into_iter()
+    .find(|a| format!("{a:?}") == name)
 }
 
 fn explain(error: &rustls::Error) -> String {
@@ -285,7 +391,9 @@ fn explain(error: &rustls::Error) -> String {
             | AlertDescription::BadCertificate
             | AlertDescription::UnknownCA
             | AlertDescription::CertificateUnknown
-            | AlertDescription::HandshakeFailure,
+            | AlertDescription::HandshakeFailure
+            | AlertDescription::AccessDenied
+            | AlertDescription::DecryptError,
         ) => format!(
             "TLS handshake failed: the master refused this client ({error}); a master with \
              --tls-client-ca wants a client certificate signed by that CA (--tls-cert and --tls-key)"
@@ -361,6 +469,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--tls-cert and --tls-key go together"), "{e}");
+    }
+
+    #[test]
+    fn an_alert_known_only_by_its_text_is_recognised() {
+        let io = std::io::Error::other("received fatal alert: CertificateRequired");
+        let reason = handshake_failure(&io).unwrap();
+        assert!(reason.contains("--tls-cert and --tls-key"), "{reason}");
+        let other = std::io::Error::other("connection reset by peer");
+        assert_eq!(handshake_failure(&other), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub fn run(args: HealthArgs) -> anyhow::Result<()> {
         Err(status) => anyhow::bail!(
             "health check of {} failed: {}",
             args.master,
-            ccsrp_master::client::describe(&status)
+            runtime.block_on(ccsrp_master::client::explain(&args.master, &tls, &status))
         ),
     }
 }

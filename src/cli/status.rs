@@ -104,13 +104,14 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let status = runtime.block_on(async {
         let mut client =
             ccsrp_master::client::progress(&args.master, token.as_deref(), &tls).await?;
-        let status = client.status(StatusRequest {}).await.map_err(|s| {
-            anyhow::anyhow!(
+        let status = match client.status(StatusRequest {}).await {
+            Ok(status) => status,
+            Err(s) => anyhow::bail!(
                 "status of {}: {}",
                 args.master,
-                ccsrp_master::client::describe(&s)
-            )
-        })?;
+                ccsrp_master::client::explain(&args.master, &tls, &s).await
+            ),
+        };
         anyhow::Ok(status.into_inner())
     })?;
     if args.json {

@@ -167,23 +167,38 @@ async fn register(options: &WorkerOptions, cache: &ArtifactCache) -> Result<Sess
             capacity: 1,
             artifacts: cache.names(),
         })
-        .await
-        .map_err(
-            |status| match ccsrp_proto::tls::handshake_failure(&status) {
-                // With TLS 1.3 a master that refuses this worker's certificate says so after the
-                // handshake, on the first call.
-                Some(reason) => ClientError::Tls {
-                    url: options.master.clone(),
-                    reason,
-                },
-                None => ClientError::Rpc {
-                    call: "Register",
-                    status,
-                },
-            },
-        )?
-        .into_inner();
+        .await;
+    let job = match job {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => return Err(register_failure(options, status).await),
+    };
     Ok(Session { client, job })
+}
+
+/// A refused `Register`, or a TLS failure: with TLS 1.3 a master that refuses this worker's
+/// certificate says so after the handshake, and the call sees only a closed connection, so a
+/// handshake of its own finds the master's reason.
+async fn register_failure(options: &WorkerOptions, status: tonic::Status) -> ClientError {
+    let mut reason = ccsrp_proto::tls::handshake_failure(&status);
+    if reason.is_none()
+        && options.tls.is_configured()
+        && matches!(
+            status.code(),
+            Code::Unknown | Code::Cancelled | Code::Unavailable
+        )
+    {
+        reason = options.tls.diagnose(&options.master).await;
+    }
+    match reason {
+        Some(reason) => ClientError::Tls {
+            url: options.master.clone(),
+            reason,
+        },
+        None => ClientError::Rpc {
+            call: "Register",
+            status,
+        },
+    }
 }
 
 /// Connects and registers, retrying transient failures with backoff.
