@@ -148,7 +148,8 @@ fn a_tls_master_serves_the_right_ca_and_refuses_the_wrong_one_and_plain_http() {
     );
     // Plain HTTP/2 to the TLS master.
     let plain = format!("http://127.0.0.1:{port}");
-    refused_status(dir, &plain, &[]);
+    let e = refused_status(dir, &plain, &[]);
+    assert!(e.contains("dial it with https://"), "{e}");
     // TLS flags with an http:// URL: a usage error, not silently plain.
     let e = refused_status(dir, &plain, &right);
     assert!(e.contains("use https://"), "{e}");

@@ -75,7 +75,20 @@ pub async fn explain(url: &str, tls: &ClientTls, status: &tonic::Status) -> Stri
             return reason;
         }
     }
-    format!("{} ({:?})", status.message(), status.code())
+    // A TLS master cuts a plain HTTP/2 connection short: the call sees a cancelled or broken one.
+    let plain = tls
+        .endpoint(url)
+        .is_ok_and(|e| e.uri().scheme_str() == Some("http"));
+    let hint = if plain
+        && matches!(
+            status.code(),
+            tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Internal
+        ) {
+        "; if the master serves TLS (--tls-cert), dial it with https:// and --tls-ca"
+    } else {
+        ""
+    };
+    format!("{} ({:?}){hint}", status.message(), status.code())
 }
 
 /// The standard gRPC health status of the whole server (service ""): Ok(true) when SERVING.

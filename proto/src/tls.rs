@@ -365,6 +365,7 @@ fn alert_in_text(text: &str) -> Option<rustls::AlertDescription> {
         A::HandshakeFailure,
         A::AccessDenied,
         A::DecryptError,
+        A::UnsupportedCertificate,
     ]
     .into_iter()
     .find(|a| format!("{a:?}") == name)
@@ -393,7 +394,8 @@ fn explain(error: &rustls::Error) -> String {
             | AlertDescription::CertificateUnknown
             | AlertDescription::HandshakeFailure
             | AlertDescription::AccessDenied
-            | AlertDescription::DecryptError,
+            | AlertDescription::DecryptError
+            | AlertDescription::UnsupportedCertificate,
         ) => format!(
             "TLS handshake failed: the master refused this client ({error}); a master with \
              --tls-client-ca wants a client certificate signed by that CA (--tls-cert and --tls-key)"
