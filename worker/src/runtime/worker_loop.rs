@@ -5,7 +5,8 @@
 //! registration after an exponential backoff (0.2 s doubling to 5 s), and a finished result whose
 //! report failed is sent again once the master is back (the master drops it if the lease moved
 //! on: results are idempotent). Only a *refusal* ends the worker with an error: a wrong token, a
-//! protocol version or backend the job does not accept. Evaluation runs on a blocking thread while
+//! protocol version or backend the job does not accept, or a failed TLS handshake (the master's
+//! certificate not signed by the worker's `--tls-ca`, or the master refusing the worker's). Evaluation runs on a blocking thread while
 //! a heartbeat keeps the lease alive. A task that fails (an error, or a panic caught around it) is
 //! reported with its reason and the worker goes on; the master decides when a task is hopeless.
 
