@@ -7,7 +7,8 @@
 //! one and it fits the job (else start it, importing the dense model file into the store), then
 //! serve
 //! Coordinator, Artifacts, Progress (all behind the token check), health and reflection (v1 and
-//! v1alpha). Two background tasks run beside the server: the checkpointer (at most one write per
+//! v1alpha), over TLS when [`MasterOptions::tls`] is set (`ccsrp_proto::tls` reads the PEM files;
+//! with a client CA, mutual TLS; the token check stays on top). Two background tasks run beside the server: the checkpointer (at most one write per
 //! `runtime.checkpoint_seconds`, only when the state changed) and upkeep: lease expiry, forgetting
 //! workers not seen lately, and the periodic summaries of rate-limited log lines.
 
@@ -47,6 +48,8 @@ pub struct MasterOptions {
     pub token: AccessToken,
     /// How long the master keeps serving after the job is done, so workers and watchers learn it.
     pub linger: Duration,
+    /// TLS for every connection (from `ccsrp_proto::tls::server_config`); None: plain HTTP/2.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// Why a master stopped with an error.
@@ -264,7 +267,11 @@ pub async fn serve(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let auth = RequireToken::with_log(options.token.clone(), job.peer_log().clone());
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls.clone())?;
+    }
+    let router = builder
         .add_service(health_service)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             reflection_v1,
@@ -307,7 +314,7 @@ pub async fn serve(
     ));
 
     let local = listener.local_addr().ok();
-    tracing::info!(listen = ?local, job = %job.settings().name, "master serving");
+    tracing::info!(listen = ?local, job = %job.settings().name, tls = options.tls.is_some(), "master serving");
     let mut graceful = stopped.clone();
     let mut hard = stopped.clone();
     let server = router

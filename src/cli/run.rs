@@ -229,6 +229,8 @@ async fn run_job(
             out_dir: Some(args.out.clone()),
             token: AccessToken::none(),
             linger: Duration::from_millis(500),
+            // Loopback only: no TLS.
+            tls: None,
         },
         listener,
         stop,
@@ -240,6 +242,7 @@ async fn run_job(
         let options = WorkerOptions {
             master: url.clone(),
             token: None,
+            tls: ccsrp_proto::tls::ClientTls::none(),
             cache_dir: args.cache_dir.clone(),
             data_dir: args.data_dir.clone(),
             device: args.device.clone(),

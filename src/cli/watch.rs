@@ -13,19 +13,23 @@ use super::progress_view;
 
 #[derive(clap::Args)]
 pub struct WatchArgs {
-    /// The master, e.g. http://127.0.0.1:50051.
+    /// The master, e.g. http://127.0.0.1:50051 (https://... for a master serving TLS).
     #[arg(long)]
     master: String,
     /// File holding the job's token [default: $CCSRP_TOKEN, else none].
     #[arg(long)]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: super::tls::ClientTlsArgs,
 }
 
 pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     let token = super::status::client_token(args.token_file.as_deref())?;
+    let tls = args.tls.load(&args.master)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let mut client = ccsrp_master::client::progress(&args.master, token.as_deref()).await?;
+        let mut client =
+            ccsrp_master::client::progress(&args.master, token.as_deref(), &tls).await?;
         let mut events = client
             .events(EventsRequest {})
             .await

@@ -9,7 +9,8 @@ use ccsrp_worker::runtime::{run_worker, Uuid, WorkerOptions};
 
 #[derive(clap::Args)]
 pub struct WorkerArgs {
-    /// The master's address, e.g. http://10.0.0.5:50051 (http:// is added when missing).
+    /// The master's address, e.g. http://10.0.0.5:50051, or https://... for a master serving TLS
+    /// (a bare host:port gets https:// with TLS flags, else http://).
     #[arg(long)]
     pub master: String,
     /// Threads for evaluation (default: every core).
@@ -30,6 +31,8 @@ pub struct WorkerArgs {
     /// Give up after the master has been unreachable this many seconds (0: never).
     #[arg(long, default_value_t = 300)]
     pub give_up_after: u64,
+    #[command(flatten)]
+    pub tls: super::tls::ClientTlsArgs,
 }
 
 /// The shared token: `--token-file` wins over `CCSRP_TOKEN`; surrounding whitespace is ignored.
@@ -69,9 +72,16 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     set_threads(threads);
     init_tracing();
+    let tls = args.tls.load(&args.master)?;
+    let master = if tls.is_configured() && !args.master.contains("://") {
+        format!("https://{}", args.master)
+    } else {
+        master_url(&args.master)
+    };
     let options = WorkerOptions {
-        master: master_url(&args.master),
+        master,
         token: read_token(args.token_file.as_deref())?,
+        tls,
         cache_dir: args.cache_dir,
         data_dir: args.data_dir,
         device: args.device,

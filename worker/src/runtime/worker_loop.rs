@@ -5,7 +5,8 @@
 //! registration after an exponential backoff (0.2 s doubling to 5 s), and a finished result whose
 //! report failed is sent again once the master is back (the master drops it if the lease moved
 //! on: results are idempotent). Only a *refusal* ends the worker with an error: a wrong token, a
-//! protocol version or backend the job does not accept. Evaluation runs on a blocking thread while
+//! protocol version or backend the job does not accept, or a failed TLS handshake (the master's
+//! certificate not signed by the worker's `--tls-ca`, or the master refusing the worker's). Evaluation runs on a blocking thread while
 //! a heartbeat keeps the lease alive. A task that fails (an error, or a panic caught around it) is
 //! reported with its reason and the worker goes on; the master decides when a task is hopeless.
 
@@ -34,6 +35,9 @@ pub struct WorkerOptions {
     pub master: String,
     /// The job's shared token, when it has one.
     pub token: Option<String>,
+    /// TLS files for an `https://` master (the CA that signed its certificate, a client
+    /// certificate for mutual TLS); none for a plain `http://` one.
+    pub tls: ccsrp_proto::tls::ClientTls,
     /// Where fetched artifacts are cached (content-addressed, shared across jobs).
     pub cache_dir: PathBuf,
     /// A local copy of the dataset; without it the worker loads the job's dataset spec as given
@@ -78,7 +82,10 @@ fn backend_of(device: &str) -> &str {
 fn is_transient(e: &ClientError) -> bool {
     match e {
         ClientError::Connect { .. } => true,
-        ClientError::BadUrl { .. } | ClientError::Artifact { .. } => false,
+        ClientError::BadUrl { .. }
+        | ClientError::TlsSettings(_)
+        | ClientError::Tls { .. }
+        | ClientError::Artifact { .. } => false,
         ClientError::Rpc { status: s, .. } => matches!(
             s.code(),
             Code::Unavailable
@@ -149,7 +156,7 @@ async fn register(options: &WorkerOptions, cache: &ArtifactCache) -> Result<Sess
             reason: format!("shared token: {e}"),
         }
     })?;
-    let mut client = MasterClient::connect(&options.master, &token).await?;
+    let mut client = MasterClient::connect_with_tls(&options.master, &token, &options.tls).await?;
     let job = client
         .coordinator
         .register(RegisterRequest {
@@ -161,13 +168,38 @@ async fn register(options: &WorkerOptions, cache: &ArtifactCache) -> Result<Sess
             capacity: 1,
             artifacts: cache.names(),
         })
-        .await
-        .map_err(|status| ClientError::Rpc {
+        .await;
+    let job = match job {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => return Err(register_failure(options, status).await),
+    };
+    Ok(Session { client, job })
+}
+
+/// A refused `Register`, or a TLS failure: with TLS 1.3 a master that refuses this worker's
+/// certificate says so after the handshake, and the call sees only a closed connection, so a
+/// handshake of its own finds the master's reason.
+async fn register_failure(options: &WorkerOptions, status: tonic::Status) -> ClientError {
+    let mut reason = ccsrp_proto::tls::handshake_failure(&status);
+    if reason.is_none()
+        && options.tls.is_configured()
+        && matches!(
+            status.code(),
+            Code::Unknown | Code::Cancelled | Code::Unavailable
+        )
+    {
+        reason = options.tls.diagnose(&options.master).await;
+    }
+    match reason {
+        Some(reason) => ClientError::Tls {
+            url: options.master.clone(),
+            reason,
+        },
+        None => ClientError::Rpc {
             call: "Register",
             status,
-        })?
-        .into_inner();
-    Ok(Session { client, job })
+        },
+    }
 }
 
 /// Connects and registers, retrying transient failures with backoff.
