@@ -259,6 +259,22 @@ fn check_source_shape(
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let signals = super::stop::StopSignals::listen(|signal| {
+        super::stop::announce(
+            &indicatif::ProgressBar::hidden(),
+            signal,
+            "the attacks stop after their current batch, nothing is reported",
+        )
+    })?;
+    let result = signals.cancel().scope(|| evaluate(args));
+    match (result, signals.stopped()) {
+        (Err(_), Some(stopped)) => Err(stopped.into()),
+        (result, _) => result,
+    }
+}
+
+/// Loads the model and the test images, attacks, and prints the report.
+fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let params = AttackParams {
         kind: args.attack,

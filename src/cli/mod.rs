@@ -7,6 +7,7 @@ pub mod master;
 pub mod prune;
 pub mod run;
 pub mod status;
+pub mod stop;
 pub mod train;
 pub mod watch;
 pub mod worker;
