@@ -28,21 +28,25 @@ const LONG_PRETRAIN: &str =
 /// A job whose adversarial shards take minutes: a quick dense model, then PGD with many steps.
 const LONG_ADVERSARIAL: &str = "[adversarial]\nsteps = 100000\n";
 
-/// The small job with its `[pretrain]` or `[adversarial]` section replaced by `section`.
-fn job_with(dir: &Path, section: &str) -> std::path::PathBuf {
-    let header = section.lines().next().expect("a section header");
+/// A training set whose generation takes seconds (the worker generates it when its first task
+/// starts, a step that cannot be cancelled: the stop then waits for it, up to 2 s).
+const SLOW_DATA: &str = "[data]\nkind = \"synthetic\"\neval_size = 64\nval_size = 64\neval_shards = 2\ntrain_limit = 20000\ntest_limit = 64\n";
+
+/// The small job with each section of `sections` replacing the one of the same name.
+fn job_with(dir: &Path, sections: &str) -> std::path::PathBuf {
+    let headers: Vec<&str> = sections.lines().filter(|l| l.starts_with('[')).collect();
     let mut job = String::new();
     let mut skipping = false;
     for line in SMALL_JOB.lines() {
         if line.starts_with('[') {
-            skipping = line == header;
+            skipping = headers.contains(&line);
         }
         if !skipping {
             job.push_str(line);
             job.push('\n');
         }
     }
-    job.push_str(section);
+    job.push_str(sections);
     let path = dir.join("job.toml");
     std::fs::write(&path, job).expect("write job file");
     path
@@ -187,7 +191,9 @@ fn sigint_during_the_adversarial_phase_stops_the_run_within_seconds() {
 #[test]
 fn a_second_sigint_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let job = job_with(dir.path(), LONG_PRETRAIN);
+    // The first SIGINT comes while the worker generates its data, so the orderly stop takes
+    // a while: the second must not wait for it.
+    let job = job_with(dir.path(), &format!("{SLOW_DATA}{LONG_PRETRAIN}"));
     let mut run = start_run(dir.path(), &job);
     wait_for_line(
         &mut run,
