@@ -12,6 +12,10 @@
 //!   job file digest, dataset sizes, attacks, wall time per phase, and the `ccsrp eval` commands
 //!   that reproduce each test number);
 //! - `checkpoint.json`: the final job state.
+//!
+//! An out dir never mixes runs: a job that starts afresh removes these files (and `failed.json`)
+//! left there by an earlier run ([`remove_stale`]) before it computes anything, and they are
+//! written only when the job ends.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -367,6 +371,37 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
     bytes
 }
 
+/// The files [`write`] writes into the out dir.
+pub const FILES: [&str; 6] = [
+    "model.safetensors",
+    "iterations.json",
+    "fronts.json",
+    "fronts.csv",
+    "summary.json",
+    "checkpoint.json",
+];
+
+/// Removes from `dir` the result files of an earlier run ([`FILES`] and `failed.json`), so that a
+/// job starting afresh never leaves them beside its own partial state; other files are left alone.
+/// Returns the names removed.
+pub fn remove_stale(dir: &Path) -> Result<Vec<&'static str>, ResultsError> {
+    let mut removed = Vec::new();
+    for name in FILES.into_iter().chain([crate::server::FAILED_FILE]) {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(name),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(ResultsError::Io {
+                    path: path.display().to_string(),
+                    error,
+                })
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Writes every result file of the finished job into `dir` (each atomically).
 pub fn write(job: &Job, dir: &Path, checkpoint: &Path) -> Result<(), ResultsError> {
     std::fs::create_dir_all(dir).map_err(|error| ResultsError::Io {
@@ -454,4 +489,36 @@ pub fn write(job: &Job, dir: &Path, checkpoint: &Path) -> Result<(), ResultsErro
     })?;
     write_atomic(&dir.join("checkpoint.json"), &state)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_results_are_removed_and_other_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "summary.json",
+            "model.safetensors",
+            "failed.json",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.path().join(name), "old").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        let mut removed = remove_stale(dir.path()).unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            ["failed.json", "model.safetensors", "summary.json"]
+        );
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes.txt", "state"]);
+        assert!(remove_stale(&dir.path().join("absent")).unwrap().is_empty());
+    }
 }

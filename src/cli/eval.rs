@@ -436,6 +436,22 @@ fn check_test_fits(
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let signals = super::stop::StopSignals::listen(|signal| {
+        super::stop::announce(
+            &indicatif::ProgressBar::hidden(),
+            signal,
+            "the attacks stop after their current batch, nothing is reported",
+        )
+    })?;
+    let result = signals.cancel().scope(|| measure_and_print(args));
+    match (result, signals.stopped()) {
+        (Err(_), Some(stopped)) => Err(stopped.into()),
+        (result, _) => result,
+    }
+}
+
+/// Measures what the flags ask for and prints the report.
+fn measure_and_print(args: EvalArgs) -> anyhow::Result<()> {
     if args.held_out {
         return run_held_out(&args, Instant::now());
     }

@@ -10,6 +10,8 @@ use ccsrp_master::job_config::JobConfig;
 use ccsrp_master::server::{serve, MasterOptions};
 use ccsrp_master::shutdown;
 
+use super::stop::{self, StopSignals};
+
 #[derive(clap::Args)]
 pub struct MasterArgs {
     /// The job file (TOML): [job], [data], [model], [runtime] and the engine's sections.
@@ -56,14 +58,22 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         linger: Duration::from_secs_f64(args.linger_seconds),
         tls,
     };
+    let signals = StopSignals::listen(|signal| {
+        stop::announce(
+            &indicatif::ProgressBar::hidden(),
+            signal,
+            "the master writes its checkpoint and exits",
+        )
+    })?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("--listen {}: cannot listen", args.listen))?;
         let (trigger, shutdown) = shutdown::channel();
+        let signal = signals.first();
         tokio::spawn(async move {
-            shutdown::termination_signal().await;
+            signal.await;
             tracing::info!("termination signal: shutting down");
             trigger.trigger();
         });

@@ -9,6 +9,7 @@ pub mod progress_view;
 pub mod prune;
 pub mod run;
 pub mod status;
+pub mod stop;
 pub mod tls;
 pub mod train;
 pub mod watch;

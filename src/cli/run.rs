@@ -6,6 +6,12 @@
 //! dataset and pruned in two outer iterations, sized to finish in a few minutes on 2 CPU cores.
 //! A dense model trained by an earlier run with the same data, pretraining settings and seed is
 //! reused from the cache directory instead of being trained again.
+//!
+//! SIGINT or SIGTERM stops the job in any phase within about a second (`cli::stop`): the workers
+//! cancel their tasks at the next batch, the master writes its checkpoint, and the message says
+//! how to resume (`--resume`). A run without `--resume` starts afresh: it clears `<out>/state`,
+//! and the master removes an earlier run's result files from the out dir, so the out dir never
+//! holds one run's results beside another's partial state.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +33,7 @@ use ccsrp_proto::v1::{JobStatus, StatusRequest};
 use ccsrp_worker::runtime::{run_worker, Uuid, WorkerOptions};
 
 use super::progress_view;
+use crate::cli::stop::{self, StopSignals};
 use crate::cli::worker::init_tracing;
 
 /// The job `ccsrp run` runs without `--config` (every field not named here has the default of
@@ -141,6 +148,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.json {
         init_tracing_quiet();
     }
+    let bar = progress_bar(args.json);
+    let signals = StopSignals::listen({
+        let bar = bar.clone();
+        move |signal| {
+            stop::announce(
+                &bar,
+                signal,
+                "the workers leave their tasks and the master saves the job's state",
+            )
+        }
+    })?;
     let state_dir = args.out.join("state");
     if !args.resume && state_dir.exists() {
         std::fs::remove_dir_all(&state_dir).with_context(|| {
@@ -162,7 +180,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = runtime.block_on(run_job(&args, config.clone(), &state_dir))?;
+    let report = runtime.block_on(run_job(
+        &args,
+        config.clone(),
+        &state_dir,
+        bar,
+        signals.first(),
+    ));
+    // Cancelled tasks end at their next batch; a step that cannot be cancelled (loading a
+    // dataset) does not hold the exit longer than this.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let report = report?;
     if let Some(failure) = &report.failure {
         anyhow::bail!(
             "job failed: {failure} (distinct reasons: {}); see {}; fix the cause and run again with --resume to resume",
@@ -170,9 +198,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             args.out.join(ccsrp_master::server::FAILED_FILE).display()
         );
     }
-    let outcome = report
-        .outcome
-        .ok_or_else(|| anyhow::anyhow!("the job stopped before it finished (interrupted?)"))?;
+    let Some(outcome) = report.outcome else {
+        if let Some(stopped) = signals.stopped() {
+            return Err(stopped
+                .then(format!(
+                    "the job's state is saved in {}; to resume it, run: {}",
+                    state_dir.display(),
+                    resume_command(std::env::args().skip(1))
+                ))
+                .into());
+        }
+        anyhow::bail!("the job stopped before it finished");
+    };
 
     if trains_dense {
         let store = ArtifactStore::open(&state_dir.join("artifacts"))?;
@@ -212,10 +249,34 @@ fn init_tracing_quiet() {
     init_tracing();
 }
 
+/// The command line that resumes this run: the same arguments (after the program name) with
+/// `--resume`, quoted for a POSIX shell where needed.
+fn resume_command(args: impl Iterator<Item = String>) -> String {
+    let quote = |arg: &str| {
+        let plain = !arg.is_empty()
+            && arg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+        if plain {
+            arg.to_string()
+        } else {
+            format!("'{}'", arg.replace('\'', r"'\''"))
+        }
+    };
+    let mut words: Vec<String> = args.map(|a| quote(&a)).collect();
+    if !words.iter().any(|w| w == "--resume") {
+        words.push("--resume".into());
+    }
+    format!("ccsrp {}", words.join(" "))
+}
+
+/// Serves the job and runs the workers until the job ends or `signal` resolves.
 async fn run_job(
     args: &RunArgs,
     config: JobConfig,
     state_dir: &Path,
+    bar: ProgressBar,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ccsrp_master::server::ServeReport> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -256,18 +317,17 @@ async fn run_job(
         }));
     }
 
-    // Drawn on stderr when it is a terminal; taken off the screen before the summary is printed.
-    let bar = if args.json {
-        ProgressBar::hidden()
-    } else {
-        progress_view::steps_bar(ProgressDrawTarget::stderr())
-    };
+    // Drawn on stderr when it is a terminal (made in `run`, so a signal can end it); taken off
+    // the screen before the summary is printed.
     let lines = !args.json && !std::io::stderr().is_terminal();
     let progress = tokio::spawn(show_progress(url.clone(), bar.clone(), lines));
     let interrupt = {
         let trigger = trigger.clone();
+        // The display's connection would hold the master's graceful shutdown open.
+        let display = progress.abort_handle();
         tokio::spawn(async move {
-            crate::cli::worker::shutdown_signal().await;
+            signal.await;
+            display.abort();
             trigger.trigger();
         })
     };
@@ -285,6 +345,16 @@ async fn run_job(
         }
     }
     Ok(report?)
+}
+
+/// The progress bar over the job's steps on stderr (hidden with `--json`; indicatif hides it when
+/// stderr is not a terminal).
+fn progress_bar(json: bool) -> ProgressBar {
+    if json {
+        ProgressBar::hidden()
+    } else {
+        progress_view::steps_bar(ProgressDrawTarget::stderr())
+    }
 }
 
 /// Feeds `bar` (over the job's steps) from the master's Status; with `lines` (stderr not a
@@ -408,6 +478,29 @@ mod tests {
         assert!(
             table.contains("reproduce the pruned network's test clean, FGSM and PGD: ccsrp eval --held-out --model out/model.safetensors"),
             "{table}"
+        );
+    }
+
+    fn words(args: &[&str]) -> std::vec::IntoIter<String> {
+        args.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn the_resume_command_repeats_the_arguments_with_resume() {
+        assert_eq!(
+            resume_command(words(&["run", "--config", "exp/job.toml", "--out", "out"])),
+            "ccsrp run --config exp/job.toml --out out --resume"
+        );
+        assert_eq!(
+            resume_command(words(&["run", "--resume", "--seed", "3"])),
+            "ccsrp run --resume --seed 3"
+        );
+        assert_eq!(
+            resume_command(words(&["run", "--out", "my results", "--data-dir", "it's"])),
+            r"ccsrp run --out 'my results' --data-dir 'it'\''s' --resume"
         );
     }
 }

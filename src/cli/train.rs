@@ -6,6 +6,8 @@
 //!
 //! Progress (loss and accuracy per epoch) goes to stderr: a progress bar on a terminal, one line
 //! per epoch otherwise, nothing with `--json`, which prints one JSON summary object on stdout.
+//! SIGINT or SIGTERM stops training after its current batch without writing the model file
+//! (`cli::stop`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ use ccsrp_worker::train::{train, TrainConfig, TrainError, TrainProgress};
 use ccsrp_master::job::{percent, round_to};
 
 use super::eval::{flag_error, parse_pixel_value};
+use super::stop::{self, StopSignals};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -121,6 +124,29 @@ struct TrainReport {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let bar = progress_bar(args.json);
+    let signals = StopSignals::listen({
+        let bar = bar.clone();
+        move |signal| {
+            stop::announce(
+                &bar,
+                signal,
+                "training stops after its current batch, no model file is written",
+            )
+        }
+    })?;
+    let out = args.out.clone();
+    let result = signals.cancel().scope(|| train_model(args, &bar));
+    match (result, signals.stopped()) {
+        (Err(_), Some(stopped)) => Err(stopped
+            .then(format!("no model was written to {}", out.display()))
+            .into()),
+        (result, _) => result,
+    }
+}
+
+/// Trains, tests and saves the model, reporting progress on `bar`.
+fn train_model(args: TrainArgs, bar: &ProgressBar) -> anyhow::Result<()> {
     let started = Instant::now();
     if args.timesteps == 0 {
         anyhow::bail!("--timesteps 0: expected at least 1 time step");
@@ -188,10 +214,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         )
     })?;
 
-    let bar = progress_bar(
-        args.json,
-        config.epochs * splits.train.len().div_ceil(config.batch_size),
-    );
+    bar.set_length((config.epochs * splits.train.len().div_ceil(config.batch_size)) as u64);
     let quiet = args.json;
     let mut report_progress = |p: &TrainProgress| {
         bar.inc(1);
@@ -299,12 +322,13 @@ fn check_classes(args: &TrainArgs, classes: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A bar over all training steps on stderr; hidden with `--json` or when stderr is not a terminal.
-fn progress_bar(json: bool, steps: usize) -> ProgressBar {
+/// A bar over all training steps on stderr (its length is set once the data is loaded); hidden
+/// with `--json` or when stderr is not a terminal.
+fn progress_bar(json: bool) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(steps as u64);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
             "[{elapsed_precise}] {bar:30} {pos}/{len} steps, eta {eta}  {msg}",

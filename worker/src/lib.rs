@@ -14,6 +14,7 @@
 //! - [`eval`]: exact correct counts and spike rates on u8 images.
 //! - [`held_out`]: a network's clean, FGSM and PGD counts on the validation and test splits.
 //! - [`device`]: `cpu` / `cuda:N` parsing, never falling back silently.
+//! - [`cancel`]: the token that stops training, attacks and evaluation between batches.
 //!
 //! Around it: [`data`] (datasets as u8 images), [`attack`], [`augment`], [`train`], and
 //! [`runtime`]: the worker loop that pulls tasks from a master and runs them with all of the above.
@@ -23,6 +24,7 @@ pub mod arch;
 pub mod attack;
 pub mod augment;
 pub mod batch_norm;
+pub mod cancel;
 mod conv;
 mod cpu_buffer;
 pub mod criterion;

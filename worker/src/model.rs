@@ -16,6 +16,9 @@
 //! ([`SnnModel::forward`] with `train = false`) and the inference path ([`SnnModel::forward_eval`]), so
 //! both give the same spikes. The layer-0 batch statistics are taken over the B images once (a
 //! T-fold copy has the same mean and biased variance).
+//!
+//! Every forward pass first checks the computing thread's cancellation token ([`crate::cancel`]):
+//! once it is cancelled, the pass fails with [`ModelError::Cancelled`].
 
 use crate::arch::{ArchError, Architecture, InputShape, LayerGeometry, KERNEL};
 use crate::data::ImageSet;
@@ -68,6 +71,9 @@ pub enum ModelError {
     NoSuchLayer { layer: usize, layers: usize },
     #[error("tensor computation: {0}")]
     Candle(#[from] candle_core::Error),
+    /// The thread's [`crate::cancel::Cancel`] token was cancelled before this forward pass.
+    #[error(transparent)]
+    Cancelled(#[from] crate::cancel::Cancelled),
 }
 
 /// Per-channel input normalisation `(p - mean) / std` of pixels p in [0, 1].
@@ -541,6 +547,7 @@ impl SnnModel {
         train: bool,
         weight_grads: bool,
     ) -> Result<Tensor, ModelError> {
+        crate::cancel::check()?;
         self.check_pixels(pixels)?;
         let mut x = self.normalise(pixels)?;
         for l in 0..self.blocks.len() {
@@ -586,6 +593,7 @@ impl SnnModel {
         input: Tensor,
         mut visit: impl FnMut(usize, &Tensor) -> Result<(), ModelError>,
     ) -> Result<Tensor, ModelError> {
+        crate::cancel::check()?;
         let mut x = if start == 0 {
             input
         } else {

@@ -9,6 +9,11 @@
 //! certificate not signed by the worker's `--tls-ca`, or the master refusing the worker's). Evaluation runs on a blocking thread while
 //! a heartbeat keeps the lease alive. A task that fails (an error, or a panic caught around it) is
 //! reported with its reason and the worker goes on; the master decides when a task is hopeless.
+//!
+//! Stopping: when the shutdown future resolves, the task in progress is cancelled ([`Cancel`]):
+//! its computation ends at its next batch, nothing is reported for it (a stopping worker's
+//! half-done task is neither a result nor a failure), and its lease expires so that another
+//! worker computes it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +27,8 @@ use ccsrp_proto::v1::{
     RegisterRequest, ResultBatch, Task, TaskFailure, TaskResult,
 };
 use ccsrp_proto::PROTOCOL_VERSION;
+
+use crate::cancel::Cancel;
 
 use super::artifact_cache::ArtifactCache;
 use super::master_client::{ClientError, MasterClient};
@@ -54,17 +61,20 @@ pub struct WorkerOptions {
 }
 
 /// Runs the worker until the master says the job is done (`Ok`), the master refuses the worker,
-/// `shutdown` resolves (`Ok`, leaving any leased task to expire and be re-run elsewhere), or the
-/// master stays unreachable for `give_up_after`.
+/// `shutdown` resolves (`Ok`, leaving any leased task to expire and be re-run elsewhere; its
+/// computation is cancelled and ends at its next batch), or the master stays unreachable for
+/// `give_up_after`.
 pub async fn run_worker(
     options: WorkerOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    let cancel = Cancel::new();
     tokio::pin!(shutdown);
     tokio::select! {
-        r = work(options) => r,
+        r = work(options, &cancel) => r,
         () = &mut shutdown => {
-            tracing::info!("worker shutting down");
+            cancel.cancel();
+            tracing::info!("worker shutting down: the task in progress stops at its next batch");
             Ok(())
         }
     }
@@ -226,7 +236,7 @@ async fn connect(
     }
 }
 
-async fn work(options: WorkerOptions) -> Result<(), WorkerError> {
+async fn work(options: WorkerOptions, cancel: &Cancel) -> Result<(), WorkerError> {
     let cache = ArtifactCache::open(&options.cache_dir)?;
     let mut backoff = Backoff::new(options.give_up_after);
     let mut session = connect(&options, &cache, &mut backoff).await?;
@@ -275,7 +285,7 @@ async fn work(options: WorkerOptions) -> Result<(), WorkerError> {
             LeaseState::NoWorkYet | LeaseState::Unspecified => continue,
         }
         for task in reply.tasks {
-            let result = execute(&options, &session, &cache, &executor, task).await?;
+            let result = execute(&options, &session, &cache, &executor, cancel, task).await?;
             if let Some(result) = result {
                 unreported = Some(result);
                 break;
@@ -335,12 +345,14 @@ async fn report(client: &mut MasterClient, result: TaskResult) -> Result<(), Cli
 /// Runs one task on a blocking thread while heartbeats keep its lease; the result to report. A
 /// task that fails (an error, or a panic caught here) is reported as a `TaskFailure` with the
 /// reason, quoted and cut short: the master re-issues it, and fails the job after
-/// `runtime.max_task_failures` failures of one task. The worker goes on with its next task.
+/// `runtime.max_task_failures` failures of one task. The worker goes on with its next task. A task
+/// cancelled by `cancel` is not reported at all: the worker is stopping ([`WorkerError::Stopped`]).
 async fn execute(
     options: &WorkerOptions,
     session: &Session,
     cache: &ArtifactCache,
     executor: &Arc<std::sync::Mutex<TaskExecutor>>,
+    cancel: &Cancel,
     task: Task,
 ) -> Result<Option<TaskResult>, WorkerError> {
     let task_id = task.task_id.clone();
@@ -355,7 +367,7 @@ async fn execute(
             task_ids: vec![task_id.clone()],
         };
         let every = Duration::from_millis(session.job.heartbeat_ms.clamp(100, 60_000));
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);
             ticker.tick().await;
             loop {
@@ -368,7 +380,7 @@ async fn execute(
                     Err(status) => tracing::warn!(error = %status, "heartbeat failed"),
                 }
             }
-        })
+        }))
     };
 
     let io = ArtifactIo::new(
@@ -377,11 +389,12 @@ async fn execute(
         tokio::runtime::Handle::current(),
     );
     let executor = Arc::clone(executor);
+    let compute_cancel = cancel.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut executor = executor.lock().map_err(|_| {
             WorkerError::Internal("task executor poisoned by an earlier panic".into())
         })?;
-        let run = catch_panic(|| executor.execute(&task, &io));
+        let run = compute_cancel.scope(|| catch_panic(|| executor.execute(&task, &io)));
         if run.is_err() {
             // What the task left half-built is not to be trusted: drop the caches.
             executor.forget_caches();
@@ -389,7 +402,11 @@ async fn execute(
         Ok::<_, WorkerError>(run)
     })
     .await;
-    heartbeat.abort();
+    drop(heartbeat);
+    if cancel.is_cancelled() {
+        tracing::info!(worker_id = %options.worker_id, task_id, "task cancelled: not reported");
+        return Err(WorkerError::Stopped);
+    }
     let outcome: Result<task_result::Outcome, String> = match outcome {
         Ok(Ok(Ok(r))) => r.map_err(|e| e.to_string()),
         Ok(Ok(Err(panic))) => Err(format!("panicked: {panic}")),
@@ -426,6 +443,16 @@ async fn execute(
                 })),
             }))
         }
+    }
+}
+
+/// A task's heartbeat: stopped when the task ends, and also when the worker's future is dropped
+/// in the middle of it (shutdown), so no heartbeat outlives its task.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
