@@ -372,8 +372,9 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// The files [`write`] writes into the out dir.
-pub const FILES: [&str; 6] = [
+pub const FILES: [&str; 7] = [
     "model.safetensors",
+    "dense.safetensors",
     "iterations.json",
     "fronts.json",
     "fronts.csv",
