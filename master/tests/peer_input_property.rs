@@ -272,7 +272,7 @@ fn any_result(task_ids: Vec<String>) -> impl Strategy<Value = v1::TaskResult> {
         (name.clone(), prop::option::of(description())).prop_map(|(model, description)| {
             task_result::Outcome::Trained(v1::TrainedResult { model, description })
         }),
-        (counts.clone(), prop::option::of(counts)).prop_map(|((s, c, f, p), v)| {
+        (counts, prop::option::of(counts)).prop_map(|((s, c, f, p), v)| {
             task_result::Outcome::TestMetrics(v1::TestMetricsResult {
                 samples: s,
                 clean: c,
