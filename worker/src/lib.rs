@@ -29,6 +29,7 @@ pub mod criterion;
 pub mod data;
 pub mod device;
 pub mod eval;
+mod event_conv;
 pub mod held_out;
 pub mod lif;
 pub mod model;

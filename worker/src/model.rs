@@ -19,6 +19,7 @@
 
 use crate::arch::{ArchError, Architecture, InputShape, LayerGeometry, KERNEL};
 use crate::data::ImageSet;
+use crate::event_conv::{FoldedConv, FoldedLinear};
 use crate::lif::{ChannelAffine, Drive, Lif, LifError, LifParams, SurrogateSpec};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
@@ -597,14 +598,63 @@ impl SnnModel {
             } else {
                 Drive::EveryStep
             };
-            let y = crate::conv::conv3x3(&x, &self.blocks[l].weight.as_tensor().detach())?;
-            let s = self
-                .lif
-                .forward_inference(&y, drive, Some(&self.bn_affine(l, false)?))?;
+            let s = if self.device.is_cpu() {
+                let y = self.folded_conv(l)?.apply(&x)?;
+                self.lif.forward_inference(&y, drive, None)?
+            } else {
+                let y = crate::conv::conv3x3(&x, &self.blocks[l].weight.as_tensor().detach())?;
+                self.lif
+                    .forward_inference(&y, drive, Some(&self.bn_affine(l, false)?))?
+            };
             visit(l, &s)?;
             x = self.pool(l, s)?;
         }
+        if self.device.is_cpu() {
+            return self.classify_inference(&x);
+        }
         Ok(self.classify(&x, false)?)
+    }
+
+    /// Layer `l`'s conv with its batch norm folded in, for the CPU inference kernels.
+    fn folded_conv(&self, l: usize) -> Result<FoldedConv, ModelError> {
+        let w = self.blocks[l].weight.as_tensor();
+        let (out, cin, _, _) = w.dims4()?;
+        let affine = self.bn_affine(l, false)?;
+        FoldedConv::new(
+            &w.flatten_all()?.to_vec1::<f32>()?,
+            (out, cin),
+            &affine.scale.to_vec1::<f32>()?,
+            &affine.shift.to_vec1::<f32>()?,
+        )
+        .map_err(|e| ModelError::Candle(candle_core::Error::Msg(e)))
+    }
+
+    /// [`SnnModel::classify`] without a graph on the CPU: the event-driven classifier
+    /// ([`FoldedLinear`]) on every step's features, then the mean over T (steps summed in order).
+    fn classify_inference(&self, features: &Tensor) -> Result<Tensor, ModelError> {
+        let msg = |e| ModelError::Candle(candle_core::Error::Msg(e));
+        let (classes, n) = self.classifier_dims();
+        let linear = FoldedLinear::new(
+            &self
+                .classifier_weight
+                .as_tensor()
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            (classes, n),
+            &self.classifier_bias.as_tensor().to_vec1::<f32>()?,
+        )
+        .map_err(msg)?;
+        let x = features.flatten_all()?.to_vec1::<f32>()?;
+        let logits = linear.forward(&x).map_err(msg)?;
+        let t = self.spec.timesteps;
+        let rows = logits.len() / classes.max(1);
+        let batch = rows / t;
+        let mut mean = vec![0f32; batch * classes];
+        for step in logits.chunks_exact(batch * classes) {
+            mean.iter_mut().zip(step).for_each(|(m, v)| *m += v);
+        }
+        mean.iter_mut().for_each(|m| *m /= t as f32);
+        Ok(Tensor::from_vec(mean, (batch, classes), &self.device)?)
     }
 
     /// Normalised pixels for the inference pass.
@@ -811,6 +861,64 @@ pub(crate) mod tests {
         assert_eq!(fast.dims(), &[6, 3]);
         let d = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+    }
+
+    /// A copy of `m` with every conv weight times `factor` (fewer or more spikes).
+    fn scaled(m: &SnnModel, factor: f64) -> SnnModel {
+        let copy = m.try_clone().unwrap();
+        for b in &copy.blocks {
+            b.weight
+                .set(&b.weight.as_tensor().affine(factor, 0.0).unwrap())
+                .unwrap();
+        }
+        copy
+    }
+
+    #[test]
+    fn eval_pass_equals_the_differentiable_pass_at_low_and_high_spike_rates() {
+        let m = SnnModel::new(tiny_spec("8,6,M,5,M", 4), &Device::Cpu, 4).unwrap();
+        let x = random_pixels(6, 3);
+        for factor in [0.4, 1.0, 3.0] {
+            let m = scaled(&m, factor);
+            let mut rates = Vec::new();
+            m.run_inference(0, m.normalised_input(&x).unwrap(), |_, s| {
+                rates.push(s.mean_all()?.to_scalar::<f32>()?);
+                Ok(())
+            })
+            .unwrap();
+            let fast = m.forward_eval(&x).unwrap();
+            let slow = m.forward(&x, false).unwrap();
+            let d = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
+            let d = d.to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "weights x{factor} (spike rates {rates:?}): {d}");
+        }
+    }
+
+    #[test]
+    fn inference_results_do_not_depend_on_the_thread_count() {
+        let m = SnnModel::new(tiny_spec("8,6,M,5,M", 3), &Device::Cpu, 5).unwrap();
+        let x = random_pixels(7, 6);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let full: Vec<Vec<f32>> = m.forward_eval(&x).unwrap().to_vec2().unwrap();
+                let inputs = m.layer_inputs(&x).unwrap();
+                let from: Vec<Vec<f32>> = m.forward_from(2, &inputs[2]).unwrap().to_vec2().unwrap();
+                let bits: Vec<u32> = full.iter().flatten().map(|v| v.to_bits()).collect();
+                (
+                    bits,
+                    from,
+                    crate::eval::predictions(&m.forward_eval(&x).unwrap()).unwrap(),
+                )
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3, 8] {
+            assert_eq!(run(threads), one, "{threads} threads");
+        }
     }
 
     #[test]
