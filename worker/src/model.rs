@@ -415,6 +415,16 @@ impl SnnModel {
         SnnModel::from_state(spec, &self.device, &state)
     }
 
+    /// A deep copy (same device) with every conv weight multiplied by `factor`: below 1 the
+    /// layers fire less, above 1 more (benchmarks and tests of the sparse kernels).
+    pub fn with_scaled_conv_weights(&self, factor: f64) -> Result<SnnModel, ModelError> {
+        let copy = self.try_clone()?;
+        for b in &copy.blocks {
+            b.weight.set(&b.weight.as_tensor().affine(factor, 0.0)?)?;
+        }
+        Ok(copy)
+    }
+
     /// The surrogate gradient the model's LIF neurons backpropagate through.
     pub fn surrogate(&self) -> SurrogateSpec {
         SurrogateSpec::of(&self.spec.lif)
@@ -863,23 +873,12 @@ pub(crate) mod tests {
         assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
     }
 
-    /// A copy of `m` with every conv weight times `factor` (fewer or more spikes).
-    fn scaled(m: &SnnModel, factor: f64) -> SnnModel {
-        let copy = m.try_clone().unwrap();
-        for b in &copy.blocks {
-            b.weight
-                .set(&b.weight.as_tensor().affine(factor, 0.0).unwrap())
-                .unwrap();
-        }
-        copy
-    }
-
     #[test]
     fn eval_pass_equals_the_differentiable_pass_at_low_and_high_spike_rates() {
         let m = SnnModel::new(tiny_spec("8,6,M,5,M", 4), &Device::Cpu, 4).unwrap();
         let x = random_pixels(6, 3);
         for factor in [0.4, 1.0, 3.0] {
-            let m = scaled(&m, factor);
+            let m = m.with_scaled_conv_weights(factor).unwrap();
             let mut rates = Vec::new();
             m.run_inference(0, m.normalised_input(&x).unwrap(), |_, s| {
                 rates.push(s.mean_all()?.to_scalar::<f32>()?);
