@@ -101,6 +101,10 @@ impl FoldedConv {
         })
     }
 
+    pub(crate) fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
     /// The convolution of a `[rows, in, h, w]` f32 tensor (its kernels chosen by spike rate).
     pub(crate) fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (rows, _, h, w) = x.dims4()?;
