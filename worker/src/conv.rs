@@ -5,6 +5,10 @@
 //! input into columns `[C*9, N*H*W]` and multiply `[out, C*9]` by them; the backward of the
 //! unrolling is its adjoint (col2im). Other devices use candle's
 //! `conv2d` (cuDNN/CUDA kernels). Results equal `conv2d` up to float summation order.
+//!
+//! The attacks' convolution ([`conv3x3_input_grad`]) instead runs on the fixed-order kernels of
+//! [`crate::event_conv`] both ways (its backward is the convolution of the output gradient with
+//! the flipped, transposed kernel), as does inference (`SnnModel::run_inference`).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
