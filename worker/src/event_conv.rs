@@ -533,6 +533,70 @@ impl FoldedLinear {
     }
 }
 
+/// `x W^T + b` for `x` `[rows, features]` on the CPU, differentiable w.r.t. `x` only (`w`
+/// `[classes, features]` and `b` held constant): forward by [`FoldedLinear`], backward
+/// `dx[f] = sum_c dy[c] * w[c, f]` over c ascending per row. Both sum in a fixed order per output.
+pub(crate) fn linear_input_grad(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    let (classes, features) = w.dims2()?;
+    let weight = w.detach().flatten_all()?.to_vec1::<f32>()?;
+    let linear = FoldedLinear::new(&weight, (classes, features), &b.detach().to_vec1::<f32>()?)
+        .map_err(candle_core::Error::Msg)?;
+    x.contiguous()?.apply_op1(ConstantLinear {
+        linear,
+        weight,
+        classes,
+    })
+}
+
+struct ConstantLinear {
+    linear: FoldedLinear,
+    /// `[classes, features]`.
+    weight: Vec<f32>,
+    classes: usize,
+}
+
+impl candle_core::CustomOp1 for ConstantLinear {
+    fn name(&self) -> &'static str {
+        "linear-constant-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = crate::cpu_buffer::contiguous_f32(storage, layout, "classifier input")?;
+        let (rows, _) = layout.shape().dims2()?;
+        let y = self.linear.forward(x).map_err(candle_core::Error::Msg)?;
+        Ok((
+            candle_core::CpuStorage::F32(y),
+            candle_core::Shape::from((rows, self.classes)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (rows, features) = arg.dims2()?;
+        let dy = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let isa = Isa::detect();
+        let mut dx = vec![0f32; rows * features];
+        dx.par_chunks_mut(features.max(1))
+            .zip(dy.par_chunks(self.classes.max(1)))
+            .for_each(|(dx, dy)| {
+                for (c, &g) in dy.iter().enumerate() {
+                    if g != 0.0 {
+                        axpy(g, &self.weight[c * features..][..features], dx, isa);
+                    }
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, (rows, features), arg.device())?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,6 +738,40 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(d < 1e-4, "difference from matmul {d}");
+    }
+
+    #[test]
+    fn classifier_input_gradient_equals_candles_matmul_gradient() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
+        let (rows, features, classes) = (5, 37, 3);
+        let x = candle_core::Var::from_vec(
+            spikes(rows * features, 0.3, true, &mut rng),
+            (rows, features),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let w = values(classes * features, &mut rng, -1.0..1.0);
+        let w = Tensor::from_vec(w, (classes, features), &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0.1f32, -0.2, 0.3], &Device::Cpu).unwrap();
+        let g = values(rows * classes, &mut rng, -1.0..1.0);
+        let g = Tensor::from_vec(g, (rows, classes), &Device::Cpu).unwrap();
+        let ours = linear_input_grad(x.as_tensor(), &w, &b).unwrap();
+        let reference = x
+            .as_tensor()
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            let d = a.sub(b).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f32>().unwrap()
+        };
+        assert!(max_diff(&ours, &reference) < 1e-5);
+        let grad = |y: &Tensor| {
+            let grads = y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            grads.get(x.as_tensor()).unwrap().clone()
+        };
+        assert!(max_diff(&grad(&ours), &grad(&reference)) < 1e-5);
     }
 
     #[test]

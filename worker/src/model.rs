@@ -696,10 +696,14 @@ impl SnnModel {
         };
         let rows = features.dim(0)?;
         let t = self.spec.timesteps;
-        let logits = features
-            .flatten_from(1)?
-            .matmul(&w.t()?)?
-            .broadcast_add(&b)?;
+        let logits = if !track && features.device().is_cpu() {
+            crate::event_conv::linear_input_grad(&features.flatten_from(1)?, &w, &b)?
+        } else {
+            features
+                .flatten_from(1)?
+                .matmul(&w.t()?)?
+                .broadcast_add(&b)?
+        };
         let classes = logits.dim(D::Minus1)?;
         logits.reshape((t, rows / t, classes))?.mean(0)
     }
@@ -915,6 +919,38 @@ pub(crate) mod tests {
             })
         };
         let one = run(1);
+        for threads in [2, 3, 8] {
+            assert_eq!(run(threads), one, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn attack_input_gradients_do_not_depend_on_the_thread_count() {
+        let m = SnnModel::new(tiny_spec("8,6,M,5,M", 3), &Device::Cpu, 6).unwrap();
+        let x = random_pixels(5, 7);
+        let labels = Tensor::new(&[0u32, 1, 2, 0, 1], &Device::Cpu).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let v = Var::from_tensor(&x).unwrap();
+                let logits = m.forward_input_grad(v.as_tensor()).unwrap();
+                let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+                let g = loss.backward().unwrap();
+                let g: Vec<f32> = g
+                    .get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                g.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+            })
+        };
+        let one = run(1);
+        assert!(one.iter().any(|b| *b != 0), "a nonzero gradient");
         for threads in [2, 3, 8] {
             assert_eq!(run(threads), one, "{threads} threads");
         }
