@@ -72,9 +72,16 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<cli::stop::Stopped>() {
+            // SIGINT/SIGTERM stopped the command: 128 + the signal's number, as a shell reports.
+            Some(stopped) => {
+                eprintln!("{stopped}");
+                std::process::ExitCode::from(stopped.signal.exit_code())
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -30,15 +30,70 @@ fn phase_is(status: &serde_json::Value, phase: &str) -> bool {
     status["phase"].as_str().is_some_and(|p| p.contains(phase))
 }
 
+/// Whether `line` starts with a UTC time stamp such as `2026-11-30T19:40:37Z `.
+fn stamped(line: &str) -> bool {
+    let b = line.as_bytes();
+    let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
+    b.len() > 21
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && &line[19..21] == "Z "
+}
+
 #[test]
 fn three_worker_processes_give_the_embedded_runs_result() {
     let dir = tempfile::tempdir().unwrap();
     let job = write_job(dir.path(), "");
     let mut cluster = Cluster::start(dir.path(), &job, None);
+    // `ccsrp watch` with its stdout in a file, as in `ccsrp watch | cat` or a pod's log.
+    let mut watch = Proc::start(
+        dir.path(),
+        "watch",
+        &["watch", "--master", &cluster.url],
+        &[],
+    );
     for _ in 0..3 {
         cluster.add_worker();
     }
     let out = cluster.wait_done(JOB_TIMEOUT);
+    let watched = watch.wait(Duration::from_secs(60));
+    let log = watch.log_text();
+    assert!(watched.success(), "watch exited with {watched}:\n{log}");
+    let (events, summary): (Vec<&str>, Vec<&str>) = log.lines().partition(|l| stamped(l));
+    assert!(
+        events
+            .iter()
+            .any(|l| l.contains("coevolution: iteration 1/1 generation ")
+                && l.contains("layer bests: L0 ")),
+        "a line per generation with each layer's best:\n{log}"
+    );
+    assert!(
+        events.last().is_some_and(
+            |l| l.contains(" done: iteration 1/1") && l.contains("(6/6 steps, 100.0%)")
+        ),
+        "the last time-stamped line says the job is done:\n{log}"
+    );
+    // `best` is absent until an iteration's network is accepted: the dense network is `dense`,
+    // never `best`.
+    assert!(
+        !log.contains("best network (iteration 0)"),
+        "the dense network shown as the best:\n{log}"
+    );
+    assert!(
+        summary
+            .first()
+            .is_some_and(|l| l.starts_with("job e2e: done (finished)")),
+        "then the summary:\n{log}"
+    );
     for worker in &mut cluster.workers {
         let status = worker.wait(Duration::from_secs(60));
         assert!(
@@ -49,6 +104,68 @@ fn three_worker_processes_give_the_embedded_runs_result() {
         );
     }
     assert_same_results(reference(), &out);
+    check_fronts_and_reproduce_commands(&out);
+}
+
+/// fronts.json holds every generation of the iteration, and the `ccsrp eval` command
+/// `summary.json` stores for each network gives exactly its test counts.
+fn check_fronts_and_reproduce_commands(out: &std::path::Path) {
+    let read = |name: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(out.join(name)).expect(name);
+        serde_json::from_str(&text).expect(name)
+    };
+    let fronts = read("fronts.json");
+    let mut generations: Vec<(u64, u64)> = fronts
+        .as_array()
+        .expect("fronts.json is a list")
+        .iter()
+        .map(|f| {
+            (
+                f["iteration"].as_u64().unwrap(),
+                f["generation"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    generations.dedup();
+    assert_eq!(
+        generations,
+        [(1, 0), (1, 1), (1, 2)],
+        "fronts of every generation"
+    );
+
+    let summary = read("summary.json");
+    let reproduce = summary["run"]["reproduce"]
+        .as_array()
+        .expect("run.reproduce");
+    assert_eq!(reproduce.len(), 2);
+    for r in reproduce {
+        let network = &summary[r["network"].as_str().unwrap()];
+        let command = r["command"].as_str().unwrap();
+        let words: Vec<&str> = command.split(' ').collect();
+        assert_eq!(words[..3], ["ccsrp", "eval", "--held-out"], "{command}");
+        // With the workers' compute-thread count (see the README, Determinism).
+        let output = std::process::Command::new(bin())
+            .args(&words[1..])
+            .arg("--json")
+            .env("RAYON_NUM_THREADS", "1")
+            .output()
+            .expect("run ccsrp eval");
+        assert!(
+            output.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&output.stdout).expect("eval --json");
+        for (ours, theirs) in [
+            ("clean_correct", "clean_correct"),
+            ("fgsm_correct", "fgsm_correct"),
+            ("pgd_correct", "pgd_correct"),
+            ("images", "test_samples"),
+        ] {
+            assert!(got[ours].is_u64(), "{ours} of {command}: {got}");
+            assert_eq!(got[ours], network[theirs], "{ours} of {command}");
+        }
+    }
 }
 
 #[test]

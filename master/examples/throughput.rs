@@ -239,6 +239,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             out_dir: Some(dir.path().join("out")),
             token: AccessToken::none(),
             linger: Duration::from_millis(200),
+            tls: None,
         },
         listener,
         shutdown,

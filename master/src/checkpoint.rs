@@ -8,10 +8,13 @@
 //! fingerprint of the job file it belongs to, so a state dir is never resumed under another job,
 //! and [`check_fits`] compares the saved engine's own job (seed, engine sections, eval split,
 //! dense model) with the job file's, so a checkpoint that parses but does not fit the job is an
-//! error naming the file, never a panic later.
+//! error naming the file, never a panic later. It also records the sha256 of the engine state's
+//! JSON: a file altered or corrupted in any value (a flipped digit can still parse, and leave the
+//! engine's vectors out of step with one another) is refused at read, not resumed into a panic.
 
 use std::path::{Path, PathBuf};
 
+use ccsrp_proto::artifact_chunks::sha256_hex;
 use serde::{Deserialize, Serialize};
 
 use crate::artifact_store::{write_atomic, ArtifactStore, StoreError};
@@ -20,8 +23,8 @@ use crate::{DenseModel, Engine, JobSpec};
 /// File name of the checkpoint inside the state dir.
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";
 
-/// Format version of the checkpoint file; bumped on incompatible changes.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// Format version of the checkpoint file; bumped on incompatible changes (2: the engine digest).
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// A checkpoint that cannot be written or used.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,8 @@ pub struct Checkpoint {
     pub version: u32,
     /// Fingerprint of the job configuration (see `JobConfig::fingerprint`).
     pub job: String,
+    /// sha256 of `engine` serialised as JSON (checked at read).
+    pub digest: String,
     pub engine: Engine,
 }
 
@@ -62,21 +67,24 @@ pub fn path_in(state_dir: &Path) -> PathBuf {
 
 /// Serialises the checkpoint (kept separate from [`write`] so the job lock is held only for this).
 pub fn encode(job: &str, engine: &Engine) -> Result<Vec<u8>, CheckpointError> {
-    #[derive(Serialize)]
-    struct Borrowed<'a> {
-        version: u32,
-        job: &'a str,
-        engine: &'a Engine,
-    }
-    serde_json::to_vec(&Borrowed {
-        version: CHECKPOINT_VERSION,
-        job,
-        engine,
-    })
-    .map_err(|e| CheckpointError::Format {
+    let format = |e: serde_json::Error| CheckpointError::Format {
         path: CHECKPOINT_FILE.to_string(),
         detail: e.to_string(),
-    })
+    };
+    // The engine is serialised once; the digest covers exactly those bytes.
+    let engine = serde_json::to_vec(engine).map_err(format)?;
+    let header = serde_json::to_string(&serde_json::json!({
+        "version": CHECKPOINT_VERSION,
+        "job": job,
+        "digest": sha256_hex(&engine),
+    }))
+    .map_err(format)?;
+    let mut bytes = Vec::with_capacity(header.len() + engine.len() + 12);
+    bytes.extend_from_slice(header.trim_end_matches('}').as_bytes());
+    bytes.extend_from_slice(b",\"engine\":");
+    bytes.extend_from_slice(&engine);
+    bytes.push(b'}');
+    Ok(bytes)
 }
 
 /// Replaces the checkpoint at `path` with `bytes` (from [`encode`]) atomically.
@@ -108,6 +116,23 @@ pub fn read(path: &Path, fingerprint: &str) -> Result<Option<Engine>, Checkpoint
             path: shown,
             found: checkpoint.job,
             expected: fingerprint.to_string(),
+        });
+    }
+    // The engine serialises deterministically (ordered maps, shortest round-trip floats), so
+    // the state read back re-serialises to the bytes that were hashed, unless a value changed.
+    let actual = serde_json::to_vec(&checkpoint.engine)
+        .map(|bytes| sha256_hex(&bytes))
+        .map_err(|e| CheckpointError::Format {
+            path: shown.clone(),
+            detail: e.to_string(),
+        })?;
+    if actual != checkpoint.digest {
+        return Err(CheckpointError::Format {
+            path: shown,
+            detail: format!(
+                "the engine state has sha256 {actual}, the file records {}: altered or corrupted",
+                ccsrp_proto::quote::quote(&checkpoint.digest)
+            ),
         });
     }
     Ok(Some(checkpoint.engine))
@@ -276,5 +301,25 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         let err = read(&path, "job-a").unwrap_err().to_string();
         assert!(err.contains("checkpoint.json"), "{err}");
+    }
+
+    /// A value changed in a file that still parses (here the seed, as a flipped digit would) is
+    /// refused by the digest, naming the file; the same bytes re-spaced are still read.
+    #[test]
+    fn an_altered_value_is_refused_by_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        let text = String::from_utf8(encode("job-a", &engine()).unwrap()).unwrap();
+        let seed = format!("\"seed\":{}", engine().spec().seed);
+        assert!(text.contains(&seed), "{text}");
+        let altered = text.replacen(&seed, "\"seed\":99", 1);
+        std::fs::write(&path, altered).unwrap();
+        let err = read(&path, "job-a").unwrap_err().to_string();
+        assert!(
+            err.contains("checkpoint.json") && err.contains("altered or corrupted"),
+            "{err}"
+        );
+        std::fs::write(&path, text.replace(',', ", ")).unwrap();
+        assert_eq!(read(&path, "job-a").unwrap(), Some(engine()));
     }
 }

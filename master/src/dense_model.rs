@@ -35,6 +35,7 @@ pub fn read_description(path: &Path) -> Result<ModelDescription, DenseModelError
         detail,
     };
     let mut file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let file_len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
     let mut len = [0u8; 8];
     file.read_exact(&mut len)
         .map_err(|e| fail(format!("no safetensors header length: {e}")))?;
@@ -42,6 +43,13 @@ pub fn read_description(path: &Path) -> Result<ModelDescription, DenseModelError
     if len > MAX_HEADER_BYTES {
         return Err(fail(format!(
             "header of {len} bytes exceeds {MAX_HEADER_BYTES}: not a safetensors file"
+        )));
+    }
+    // Checked before allocating: a forged length must not cost its size in memory.
+    if len > file_len.saturating_sub(8) {
+        return Err(fail(format!(
+            "truncated: the header length says {len} bytes, the file has {} after it",
+            file_len.saturating_sub(8)
         )));
     }
     let mut header = vec![0u8; len as usize];
@@ -107,15 +115,16 @@ pub fn description_from_header(header: &[u8]) -> Result<ModelDescription, String
             width /= 2;
             continue;
         }
-        let (_, s) = next_conv.next().ok_or(format!(
+        let (index, s) = next_conv.next().ok_or(format!(
             "architecture {arch:?} has more convs than the file's tensors"
         ))?;
+        let name = format!("features.{index}.weight");
         layers.push(ConvLayer {
-            filters: s[0] as u32,
-            in_channels: s[1] as u32,
-            kernel: s[2] as u32,
-            out_height: height as u32,
-            out_width: width as u32,
+            filters: fit(s[0], &name)?,
+            in_channels: fit(s[1], &name)?,
+            kernel: fit(s[2], &name)?,
+            out_height: fit(height, "model spec input height")?,
+            out_width: fit(width, "model spec input width")?,
             pool_after: false,
         });
     }
@@ -130,11 +139,17 @@ pub fn description_from_header(header: &[u8]) -> Result<ModelDescription, String
         ));
     }
     Ok(ModelDescription {
-        classifier_spatial: (classifier[1] / u64::from(last.filters)) as u32,
-        classes: classifier[0] as u32,
-        timesteps: timesteps as u32,
+        classifier_spatial: fit(classifier[1] / u64::from(last.filters), "classifier.weight")?,
+        classes: fit(classifier[0], "classifier.weight")?,
+        timesteps: fit(timesteps, "model spec timesteps")?,
         layers,
     })
+}
+
+/// A size from the header as the description's u32, or an error naming where it came from (a
+/// value past u32 is no real model, and must not wrap to a small one).
+fn fit(value: u64, what: &str) -> Result<u32, String> {
+    u32::try_from(value).map_err(|_| format!("{what}: size {value} exceeds {}", u32::MAX))
 }
 
 #[cfg(test)]

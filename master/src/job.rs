@@ -26,7 +26,7 @@ use crate::job_config::JobConfig;
 use crate::lease::{LeaseTable, Stale};
 use crate::outcome::NetworkRecord;
 use crate::peer_log::PeerLog;
-use crate::{wire, Engine, Phase, Told};
+use crate::{wire, Engine, Phase, Steps, Told};
 
 /// Shards a worker is remembered to hold (most recent first), for lease affinity.
 const AFFINITY_SHARDS: usize = 4;
@@ -64,6 +64,10 @@ pub struct JobSettings {
     pub fingerprint: String,
     /// Failures of one task that fail the job.
     pub max_task_failures: u32,
+    /// (outer iterations, generations per iteration), for the progress in steps.
+    pub evolution: (u32, u32),
+    /// The job file the job was read from, if any.
+    pub job_file: Option<crate::job_config::JobFile>,
 }
 
 impl JobSettings {
@@ -94,6 +98,8 @@ impl JobSettings {
             forget_workers_after: config.runtime.forget_workers_after(),
             fingerprint: config.fingerprint(),
             max_task_failures: config.runtime.max_task_failures,
+            evolution: (config.evolution.iterations, config.evolution.generations),
+            job_file: config.file.clone(),
         }
     }
 }
@@ -128,6 +134,14 @@ struct State {
     failures: HashMap<crate::WorkId, Vec<String>>,
     /// Set when one task failed `max_task_failures` times: the job is over, unfinished.
     failed: Option<JobFailure>,
+    /// When the current phase began (as this master saw it), and the wall time of each phase so
+    /// far, in order of first appearance.
+    phase_since: Instant,
+    phase_seconds: Vec<(&'static str, f64)>,
+    /// The first and the last step boundary this master saw (time, steps done), for the estimate
+    /// of the time left.
+    first_boundary: Option<(Instant, u32)>,
+    last_boundary: Option<(Instant, u32)>,
 }
 
 /// Why a job failed: one task failed `runtime.max_task_failures` times (written to `failed.json`).
@@ -207,6 +221,8 @@ pub struct Job {
     dropped: AtomicU64,
     /// Rate limits of log lines about what peers do.
     peer_log: Arc<PeerLog>,
+    /// When this master started serving the job.
+    started: Instant,
 }
 
 fn phase_name(p: Phase) -> &'static str {
@@ -236,7 +252,51 @@ fn network_point(r: &NetworkRecord) -> v1::NetworkPoint {
         parameters: ccsrp_proto::cost::parameters(&r.description, &kept).unwrap_or(0),
         kept,
         model: r.model.0.clone(),
+        val_clean_percent: percent(r.validation.clean, r.validation.samples),
+        val_fgsm_percent: percent(r.validation.fgsm, r.validation.samples),
+        val_pgd_percent: percent(r.validation.pgd, r.validation.samples),
+        clean_percent: percent(r.test.clean, r.test.samples),
+        fgsm_percent: percent(r.test.fgsm, r.test.samples),
+        pgd_percent: percent(r.test.pgd, r.test.samples),
     }
+}
+
+/// `value` rounded to `decimals` decimal places (for numbers people read; scripts read counts).
+pub fn round_to(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// `count / samples` in percent, rounded to 0.01 (0 when there are no samples).
+pub fn percent(count: u64, samples: u64) -> f64 {
+    if samples == 0 {
+        0.0
+    } else {
+        round_to(100.0 * count as f64 / samples as f64, 2)
+    }
+}
+
+/// Each layer's representative in the engine's current generation.
+fn generation_best(engine: &Engine) -> Vec<v1::LayerBest> {
+    engine
+        .fronts()
+        .into_iter()
+        .filter_map(|f| {
+            let best = f.members.iter().find(|m| m.id == f.representative)?;
+            let fit = &best.fitness;
+            Some(v1::LayerBest {
+                layer: f.layer,
+                kept: best.mask.kept(),
+                filters: best.mask.filters,
+                clean: fit.clean,
+                adversarial: fit.adversarial,
+                samples: fit.samples,
+                macs: fit.macs,
+                clean_percent: percent(fit.clean, fit.samples),
+                adversarial_percent: percent(fit.adversarial, fit.samples),
+            })
+        })
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch (for event time stamps).
@@ -273,6 +333,10 @@ impl Job {
                     .map(network_point),
                 failures: HashMap::new(),
                 failed: None,
+                phase_since: Instant::now(),
+                phase_seconds: Vec::new(),
+                first_boundary: None,
+                last_boundary: None,
             }),
             store,
             work_ready: Notify::new(),
@@ -281,6 +345,7 @@ impl Job {
             accepted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             peer_log: Arc::new(PeerLog::default()),
+            started: Instant::now(),
         }
     }
 
@@ -462,6 +527,9 @@ impl Job {
         st.dirty = true;
         let position = st.engine.position();
         let moved = position != st.position;
+        if moved {
+            self.note_move_locked(st, position, now);
+        }
         st.position = position;
         if moved && st.dense.is_none() {
             st.dense = st
@@ -547,6 +615,57 @@ impl Job {
         let _ = self.events.send(message);
         self.progress.send_modify(|n| *n += 1);
         Ok(Taken::Failed(failed))
+    }
+
+    /// Books the wall time of the phase that ended and the step boundary crossed when the engine
+    /// moves from `st.position` to `position`.
+    fn note_move_locked(&self, st: &mut State, position: (Phase, u32, u32), now: Instant) {
+        let before = st.position.0;
+        if position.0 != before {
+            let seconds = now.saturating_duration_since(st.phase_since).as_secs_f64();
+            let name = phase_name(before);
+            match st.phase_seconds.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, s)) => *s += seconds,
+                None => st.phase_seconds.push((name, seconds)),
+            }
+            st.phase_since = now;
+        }
+        let steps = self.steps_of(position);
+        if st.last_boundary.is_none_or(|(_, done)| done != steps.done) {
+            st.first_boundary.get_or_insert((now, steps.done));
+            st.last_boundary = Some((now, steps.done));
+        }
+    }
+
+    fn steps_of(&self, (phase, iteration, generation): (Phase, u32, u32)) -> Steps {
+        let evo = &self.settings.evolution;
+        Steps::of(phase, iteration, generation, evo.0, evo.1)
+    }
+
+    /// Wall time of each phase so far as this master saw it (seconds, in order of first
+    /// appearance; the phase in progress included). A resumed job counts from the restart.
+    pub fn phase_seconds(&self) -> Vec<(String, f64)> {
+        let st = self.lock();
+        let mut out: Vec<(String, f64)> = st
+            .phase_seconds
+            .iter()
+            .map(|(n, s)| (n.to_string(), *s))
+            .collect();
+        let current = st.position.0;
+        if current != Phase::Done {
+            let name = phase_name(current);
+            let seconds = st.phase_since.elapsed().as_secs_f64();
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, s)) => *s += seconds,
+                None => out.push((name.to_string(), seconds)),
+            }
+        }
+        out
+    }
+
+    /// Seconds since this master started serving the job.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Why the job failed, once it did.
@@ -667,6 +786,15 @@ impl Job {
         let p = st.engine.progress();
         let evo = &st.engine.spec().config.evolution;
         let alive = self.alive_locked(&st, now);
+        let steps = self.steps_of((p.phase, p.iteration, p.generation));
+        let remaining_seconds = match (st.first_boundary, st.last_boundary) {
+            (Some((t0, d0)), Some((t1, d1))) if d1 > d0 && p.phase != Phase::Done => {
+                let per_step = t1.saturating_duration_since(t0).as_secs_f64() / f64::from(d1 - d0);
+                Some(per_step * f64::from(steps.total - steps.done))
+            }
+            _ if p.phase == Phase::Done => Some(0.0),
+            _ => None,
+        };
         v1::JobStatus {
             job_name: self.settings.name.clone(),
             phase: if st.failed.is_some() {
@@ -689,7 +817,11 @@ impl Job {
                 .outcome()
                 .map(|o| network_point(&o.dense))
                 .or_else(|| st.dense.clone()),
-            best: p.best.as_ref().map(network_point),
+            best: p
+                .best
+                .as_ref()
+                .filter(|b| b.iteration > 0)
+                .map(network_point),
             results_accepted: self.accepted.load(Ordering::Relaxed),
             results_dropped: self.dropped.load(Ordering::Relaxed),
             failed: st.failed.is_some(),
@@ -703,6 +835,12 @@ impl Job {
                 .as_ref()
                 .map(|f| f.reasons.clone())
                 .unwrap_or_default(),
+            steps_done: steps.done,
+            steps_total: steps.total,
+            percent_done: round_to(steps.percent(), 1),
+            generation_best: generation_best(&st.engine),
+            elapsed_seconds: round_to(self.started.elapsed().as_secs_f64(), 1),
+            remaining_seconds: remaining_seconds.map(|s| round_to(s, 0)),
         }
     }
 

@@ -45,6 +45,13 @@ pub enum JobConfigError {
     Parse { path: String, detail: String },
     #[error("job file {path}: {error}")]
     Invalid { path: String, error: ConfigError },
+    #[error(
+        "job file {path}: empty (no section or setting). A job file's omitted fields take the \
+         reference defaults (the full-size job), so an empty file would start the full-size job; \
+         name at least one section or setting (e.g. `[job]`), or run `ccsrp run` without --config \
+         for the built-in small job"
+    )]
+    Empty { path: String },
 }
 
 /// The whole job file.
@@ -65,10 +72,32 @@ pub struct JobConfig {
     /// Not serialised while default, so fingerprints of job files without it stay as they were.
     #[serde(skip_serializing_if = "is_default_energy")]
     pub energy: EnergyModel,
+    /// The file the job was read from (set by [`JobConfig::load`]; not part of the job).
+    #[serde(skip)]
+    pub file: Option<JobFile>,
 }
 
 fn is_default_energy(e: &EnergyModel) -> bool {
     *e == EnergyModel::default()
+}
+
+/// Where a job file came from, for the record in `summary.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFile {
+    /// The path as given, or a name such as "the built-in default job".
+    pub path: String,
+    /// sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+impl JobFile {
+    /// The record of job-file `text` read from `path`.
+    pub fn of(path: &str, text: &str) -> JobFile {
+        JobFile {
+            path: path.to_string(),
+            sha256: ccsrp_proto::artifact_chunks::sha256_hex(text.as_bytes()),
+        }
+    }
 }
 
 /// Evaluation backend of a job: every result must come from the same kind of arithmetic.
@@ -248,14 +277,19 @@ fn invalid(field: &str, value: impl std::fmt::Display, expected: &str) -> Config
 
 impl JobConfig {
     /// Reads and validates the job file at `path`; a relative `[model] path` is resolved from the
-    /// file's directory.
+    /// file's directory. A file without a single section or setting is refused
+    /// ([`JobConfigError::Empty`]): it would silently be the full-size job.
     pub fn load(path: &Path) -> Result<JobConfig, JobConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|error| JobConfigError::Read {
             path: shown.clone(),
             error,
         })?;
+        if toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.is_empty()) {
+            return Err(JobConfigError::Empty { path: shown });
+        }
         let mut config = JobConfig::parse(&text, &shown)?;
+        config.file = Some(JobFile::of(&shown, &text));
         if let Some(model) = &config.model.path {
             if model.is_relative() {
                 let base = path.parent().unwrap_or_else(|| Path::new("."));
@@ -399,6 +433,23 @@ impl JobConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_job_file_is_refused_and_one_section_takes_every_other_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, "# nothing yet\n\n").unwrap();
+        let e = JobConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("job file {}: empty", path.display())),
+            "{e}"
+        );
+        assert!(e.contains("without --config"), "{e}");
+        std::fs::write(&path, "[job]\n").unwrap();
+        let c = JobConfig::load(&path).unwrap();
+        assert_eq!(c.file.as_ref().map(|f| f.sha256.len()), Some(64));
+        assert_eq!(JobConfig { file: None, ..c }, JobConfig::default());
+    }
 
     #[test]
     fn empty_file_takes_every_default() {

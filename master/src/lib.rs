@@ -63,7 +63,7 @@ pub use config::EngineConfig;
 pub use engine::{DenseModel, Engine, EngineError, JobSpec, TellError};
 pub use history::{History, LayerFront};
 pub use outcome::Outcome;
-pub use progress::{Phase, Progress};
+pub use progress::{Phase, Progress, Steps};
 pub use work::{
     ArtifactRef, CandidateCount, CandidateId, HeldOutMetrics, ModelRef, TestMetrics, Told, WorkId,
     WorkItem, WorkKind, WorkOutput, WorkResult,

@@ -4,10 +4,11 @@
 //! Startup: lock the state dir (one master per state dir: an advisory lock on
 //! `<state dir>/master.lock`, held while serving, so a second master on the same dir is refused),
 //! open the artifact store, resume the engine from the state dir's checkpoint when there is
-//! one and it fits the job (else start it, importing the dense model file into the store), then
-//! serve
+//! one and it fits the job (else start it, importing the dense model file into the store, and
+//! remove an earlier run's result files from the out dir: `results::remove_stale`), then serve
 //! Coordinator, Artifacts, Progress (all behind the token check), health and reflection (v1 and
-//! v1alpha). Two background tasks run beside the server: the checkpointer (at most one write per
+//! v1alpha), over TLS when [`MasterOptions::tls`] is set (`ccsrp_proto::tls` reads the PEM files;
+//! with a client CA, mutual TLS; the token check stays on top). Two background tasks run beside the server: the checkpointer (at most one write per
 //! `runtime.checkpoint_seconds`, only when the state changed) and upkeep: lease expiry, forgetting
 //! workers not seen lately, and the periodic summaries of rate-limited log lines.
 
@@ -47,6 +48,8 @@ pub struct MasterOptions {
     pub token: AccessToken,
     /// How long the master keeps serving after the job is done, so workers and watchers learn it.
     pub linger: Duration,
+    /// TLS for every connection (from `ccsrp_proto::tls::server_config`); None: plain HTTP/2.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// Why a master stopped with an error.
@@ -236,8 +239,9 @@ pub async fn serve(
 ) -> Result<ServeReport, ServeError> {
     // Held until this function returns: no other master serves this state dir meanwhile.
     let _lock = lock_state_dir(&options.state_dir)?;
-    let job = Arc::new(open_job(&options.config, &options.state_dir)?);
     let checkpoint_path = checkpoint::path_in(&options.state_dir);
+    let fresh = !checkpoint_path.exists();
+    let job = Arc::new(open_job(&options.config, &options.state_dir)?);
     // Internal stop: fired by the outer shutdown or when the job is done and lingered.
     let (stop, stopped) = shutdown::channel();
 
@@ -264,7 +268,11 @@ pub async fn serve(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let auth = RequireToken::with_log(options.token.clone(), job.peer_log().clone());
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls.clone())?;
+    }
+    let router = builder
         .add_service(health_service)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             reflection_v1,
@@ -298,6 +306,13 @@ pub async fn serve(
         .out_dir
         .clone()
         .unwrap_or_else(|| options.state_dir.join("results"));
+    if fresh {
+        // A job starting afresh never leaves an earlier run's results beside its partial state.
+        let removed = results::remove_stale(&out_dir)?;
+        if !removed.is_empty() {
+            tracing::info!(out_dir = %out_dir.display(), ?removed, "removed an earlier run's results");
+        }
+    }
     let watcher = tokio::spawn(watch_for_end(
         job.clone(),
         shutdown,
@@ -307,7 +322,7 @@ pub async fn serve(
     ));
 
     let local = listener.local_addr().ok();
-    tracing::info!(listen = ?local, job = %job.settings().name, "master serving");
+    tracing::info!(listen = ?local, job = %job.settings().name, tls = options.tls.is_some(), "master serving");
     let mut graceful = stopped.clone();
     let mut hard = stopped.clone();
     let server = router

@@ -29,14 +29,23 @@ fn invalid(field: String, value: u32, expected: impl Into<String>) -> Descriptio
     }
 }
 
-/// Checks that `d` describes a chain of conv layers the cost calculator and the masks can use.
+/// Most prunable layers a description may have: far beyond any VGG-style SNN, and a bound on the
+/// engine's per-layer state (subpopulations, masks) whatever a peer announces.
+pub const MAX_LAYERS: usize = 1024;
+
+/// Most filters one layer may have: the masks over them (a bit each, per candidate) stay small.
+pub const MAX_FILTERS: u32 = 1 << 16;
+
+/// Checks that `d` describes a chain of conv layers the cost calculator and the masks can use:
+/// 1..=[`MAX_LAYERS`] layers of 1..=[`MAX_FILTERS`] filters, every size >= 1, and MACs and
+/// parameters that fit in 64 bits (so every pruned network's cost is exact too).
 pub fn validate_description(d: &ModelDescription) -> Result<(), DescriptionError> {
-    if d.layers.is_empty() {
-        return Err(invalid(
-            "layers".into(),
-            0,
-            "at least one prunable layer (count)",
-        ));
+    if d.layers.is_empty() || d.layers.len() > MAX_LAYERS {
+        return Err(DescriptionError {
+            field: "layers".into(),
+            value: format!("{} layers", d.layers.len()),
+            expected: format!("1..={MAX_LAYERS} prunable layers"),
+        });
     }
     for (i, l) in d.layers.iter().enumerate() {
         let field = |f: &str| format!("layers[{i}].{f}");
@@ -50,6 +59,13 @@ pub fn validate_description(d: &ModelDescription) -> Result<(), DescriptionError
             if v == 0 {
                 return Err(invalid(field(name), v, "a value >= 1"));
             }
+        }
+        if l.filters > MAX_FILTERS {
+            return Err(invalid(
+                field("filters"),
+                l.filters,
+                format!("at most {MAX_FILTERS}"),
+            ));
         }
         if i > 0 && l.in_channels != d.layers[i - 1].filters {
             return Err(invalid(
@@ -67,6 +83,14 @@ pub fn validate_description(d: &ModelDescription) -> Result<(), DescriptionError
         if v == 0 {
             return Err(invalid(name.into(), v, "a value >= 1"));
         }
+    }
+    let dense = cost::dense_kept(d);
+    if let Err(e) = cost::macs(d, &dense).and_then(|_| cost::parameters(d, &dense)) {
+        return Err(DescriptionError {
+            field: "layers".into(),
+            value: e.to_string(),
+            expected: "sizes whose MACs and parameters fit in 64 bits".into(),
+        });
     }
     Ok(())
 }

@@ -44,6 +44,7 @@ async fn start(config: &str, state: &Path, token: Option<&str>) -> Master {
             AccessToken::new(t, "test").unwrap()
         }),
         linger: Duration::from_millis(100),
+        tls: None,
     };
     let handle = tokio::spawn(serve(options, listener, shutdown));
     Master { addr, stop, handle }
@@ -364,11 +365,12 @@ async fn health_is_serving_and_reflection_answers_in_v1_and_v1alpha() {
     let dir = tempfile::tempdir().unwrap();
     let m = start(SMALL_JOB, dir.path(), None).await;
     channel(m.addr).await;
-    assert!(
-        ccsrp_master::client::is_serving(&format!("http://{}", m.addr))
-            .await
-            .unwrap()
-    );
+    assert!(ccsrp_master::client::is_serving(
+        &format!("http://{}", m.addr),
+        &ccsrp_proto::tls::ClientTls::none()
+    )
+    .await
+    .unwrap());
 
     use tonic_reflection::pb::{v1 as r1, v1alpha as r1a};
     let mut c1 = r1::server_reflection_client::ServerReflectionClient::new(channel(m.addr).await);

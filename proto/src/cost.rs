@@ -23,6 +23,11 @@ pub enum CostError {
         kept: u32,
         filters: u32,
     },
+    /// A description so large that its count does not fit in 64 bits: no real network.
+    #[error(
+        "the description's {what} overflow 64 bits (layer sizes, classes or timesteps too large)"
+    )]
+    Overflow { what: &'static str },
 }
 
 fn check(desc: &ModelDescription, kept: &[u32]) -> Result<(), CostError> {
@@ -50,22 +55,28 @@ fn in_channels<'a>(desc: &'a ModelDescription, kept: &'a [u32]) -> impl Iterator
     std::iter::once(first).chain(kept.iter().map(|&k| u64::from(k)))
 }
 
-/// MACs of one image over all T steps with `kept[l]` filters kept in layer l.
+/// MACs of one image over all T steps with `kept[l]` filters kept in layer l. Checked arithmetic:
+/// a description from a peer may hold any u32s, and an overflow is [`CostError::Overflow`].
 pub fn macs(desc: &ModelDescription, kept: &[u32]) -> Result<u64, CostError> {
     check(desc, kept)?;
-    let conv: u64 = desc
-        .layers
-        .iter()
-        .zip(kept)
-        .zip(in_channels(desc, kept))
-        .map(|((l, &k), cin)| {
-            let k2 = u64::from(l.kernel) * u64::from(l.kernel);
-            k2 * cin * u64::from(k) * u64::from(l.out_height) * u64::from(l.out_width)
+    let overflow = CostError::Overflow { what: "MACs" };
+    let mut conv: u64 = 0;
+    for ((l, &k), cin) in desc.layers.iter().zip(kept).zip(in_channels(desc, kept)) {
+        let layer = [l.kernel, l.kernel, k, l.out_height, l.out_width]
+            .into_iter()
+            .try_fold(cin, |acc, v| acc.checked_mul(u64::from(v)))
+            .ok_or_else(|| overflow.clone())?;
+        conv = conv.checked_add(layer).ok_or_else(|| overflow.clone())?;
+    }
+    let fc = [desc.classifier_spatial, desc.classes]
+        .into_iter()
+        .try_fold(u64::from(*kept.last().unwrap_or(&0)), |acc, v| {
+            acc.checked_mul(u64::from(v))
         })
-        .sum();
-    let fc_in = u64::from(*kept.last().unwrap_or(&0)) * u64::from(desc.classifier_spatial);
-    let fc = fc_in * u64::from(desc.classes);
-    Ok(u64::from(desc.timesteps) * (conv + fc))
+        .ok_or_else(|| overflow.clone())?;
+    conv.checked_add(fc)
+        .and_then(|per_step| per_step.checked_mul(u64::from(desc.timesteps)))
+        .ok_or(overflow)
 }
 
 /// MACs of the dense (unpruned) model.
@@ -79,22 +90,26 @@ pub fn dense_kept(desc: &ModelDescription) -> Vec<u32> {
     desc.layers.iter().map(|l| l.filters).collect()
 }
 
-/// Trainable parameters with `kept[l]` filters kept in layer l.
+/// Trainable parameters with `kept[l]` filters kept in layer l (checked like [`macs`]).
 pub fn parameters(desc: &ModelDescription, kept: &[u32]) -> Result<u64, CostError> {
     check(desc, kept)?;
-    let conv: u64 = desc
-        .layers
-        .iter()
-        .zip(kept)
-        .zip(in_channels(desc, kept))
-        .map(|((l, &k), cin)| {
-            let k2 = u64::from(l.kernel) * u64::from(l.kernel);
-            k2 * cin * u64::from(k) + 2 * u64::from(k)
-        })
-        .sum();
-    let fc_in = u64::from(*kept.last().unwrap_or(&0)) * u64::from(desc.classifier_spatial);
-    let fc = fc_in * u64::from(desc.classes) + u64::from(desc.classes);
-    Ok(conv + fc)
+    let overflow = CostError::Overflow { what: "parameters" };
+    let mut conv: u64 = 0;
+    for ((l, &k), cin) in desc.layers.iter().zip(kept).zip(in_channels(desc, kept)) {
+        // Conv weights k*k*in*kept, plus batch-norm weight and bias (2 per kept filter).
+        let layer = [l.kernel, l.kernel, k]
+            .into_iter()
+            .try_fold(cin, |acc, v| acc.checked_mul(u64::from(v)))
+            .and_then(|w| w.checked_add(2 * u64::from(k)))
+            .ok_or_else(|| overflow.clone())?;
+        conv = conv.checked_add(layer).ok_or_else(|| overflow.clone())?;
+    }
+    let fc = u64::from(*kept.last().unwrap_or(&0))
+        .checked_mul(u64::from(desc.classifier_spatial))
+        .and_then(|fc_in| fc_in.checked_mul(u64::from(desc.classes)))
+        .and_then(|w| w.checked_add(u64::from(desc.classes)))
+        .ok_or_else(|| overflow.clone())?;
+    conv.checked_add(fc).ok_or(overflow)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! - [`mask`]: packing and checking of per-layer keep-masks.
 //! - [`quote`]: bounded quoting of peer input in status messages and log lines.
 //! - [`shard`]: the one rule that cuts a split into shards.
+//! - [`tls`]: TLS for the gRPC connections (PEM files into tonic's config types, handshake errors).
 
 pub mod activity;
 pub mod artifact_chunks;
@@ -20,6 +21,7 @@ pub mod energy;
 pub mod mask;
 pub mod quote;
 pub mod shard;
+pub mod tls;
 
 /// Generated code of the `ccsrp.v1` protobuf package.
 #[allow(clippy::all, missing_docs)]

@@ -14,6 +14,14 @@
 //! all restarts; the "strong robust (worst case per image)" count is the images classified
 //! correctly on the clean input AND under every attack run, decided per image
 //! ([`ccsrp_worker::attack::robustness`]).
+//!
+//! `--held-out` measures instead exactly as a job's test step does ([`ccsrp_worker::held_out`]):
+//! clean, FGSM and PGD counts with the attack starts seeded from the model file's sha256 and the
+//! adversarial images quantised to u8; a job's `summary.json` stores (and `ccsrp run` prints) the
+//! `--held-out` command that reproduces each of its test numbers.
+//!
+//! Accuracies are percentages (rounded to 0.01) beside the exact correct counts, as everywhere in
+//! ccsrp.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -32,6 +40,8 @@ use ccsrp_worker::eval::{activity, DEFAULT_BATCH};
 use ccsrp_worker::lif::SurrogateSpec;
 use ccsrp_worker::model::SnnModel;
 use ccsrp_worker::train::TrainError;
+
+use ccsrp_master::job::percent;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -96,6 +106,18 @@ pub struct EvalArgs {
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Measure as a job's test step does: clean, FGSM (--fgsm-eps) and PGD (--eps, --step,
+    /// --steps) counts, attack starts seeded from the model file's sha256, adversarial images
+    /// quantised to u8. With a job's `--seed` and `--limit` (its `job.seed` and
+    /// `data.test_limit`) this reproduces the job's test numbers exactly.
+    #[arg(long, conflicts_with_all = ["attack", "strong", "restarts", "surrogates", "source", "every_image"])]
+    pub held_out: bool,
+    /// FGSM radius of --held-out [default: --eps].
+    #[arg(long, value_parser = parse_pixel_value, requires = "held_out")]
+    pub fgsm_eps: Option<f64>,
+    /// PGD of --held-out without a random start.
+    #[arg(long, requires = "held_out")]
+    pub no_random_start: bool,
     /// Print one JSON object instead of a summary for people.
     #[arg(long)]
     pub json: bool,
@@ -107,20 +129,24 @@ pub struct EvalArgs {
     pub e_mac_pj: f64,
 }
 
-/// What `ccsrp eval --json` prints.
+/// What `ccsrp eval --json` prints. Accuracies are percentages rounded to 0.01; the counts beside
+/// them are exact.
 #[derive(Serialize)]
 struct EvalReport {
     model: String,
     dataset: String,
     images: u64,
-    /// The --attack as configured.
-    attack: AttackParams,
+    /// The --attack as configured (absent for `--attack none`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attack: Option<AttackParams>,
     clean_correct: u64,
     clean_accuracy: f64,
     /// Images correct under the configured --attack: every restart, every surrogate, white-box
-    /// (transfer and --strong's attacks not included); the clean count for `--attack none`.
-    adversarial_correct: u64,
-    adversarial_accuracy: f64,
+    /// (transfer and --strong's attacks not included); absent for `--attack none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adversarial_correct: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adversarial_accuracy: Option<f64>,
     /// Random restarts of every PGD run.
     restarts: usize,
     /// The model's own surrogate gradient.
@@ -269,7 +295,188 @@ fn check_source_shape(
     Ok(())
 }
 
+/// What `ccsrp eval --held-out --json` prints: a job's test step's counts for the model.
+#[derive(Serialize)]
+struct HeldOutReport {
+    model: String,
+    model_sha256: String,
+    dataset: String,
+    seed: u64,
+    images: u64,
+    fgsm_eps: f64,
+    pgd: AttackParams,
+    clean_correct: u64,
+    clean_accuracy: f64,
+    fgsm_correct: u64,
+    fgsm_accuracy: f64,
+    pgd_correct: u64,
+    pgd_accuracy: f64,
+    seconds: f64,
+}
+
+/// `--held-out`: the model's counts on the test split, measured as a job's test step measures.
+fn run_held_out(args: &EvalArgs, started: Instant) -> anyhow::Result<()> {
+    let pgd = AttackParams {
+        random_start: !args.no_random_start,
+        ..AttackParams::pgd(args.eps, args.step, args.steps)
+    };
+    let fgsm_eps = args.fgsm_eps.unwrap_or(args.eps);
+    for params in [&pgd, &AttackParams::fgsm(fgsm_eps)] {
+        params
+            .validate()
+            .map_err(|e| flag_error(TrainError::Attack(e)))?;
+    }
+    if args.limit == Some(0) {
+        anyhow::bail!("--limit 0: expected at least 1 test image");
+    }
+    let device = parse_device(&args.device).context("--device")?;
+    let bytes = std::fs::read(&args.model).with_context(|| {
+        format!(
+            "--model {}: cannot read the model file",
+            args.model.display()
+        )
+    })?;
+    let sha256 = ccsrp_proto::artifact_chunks::sha256_hex(&bytes);
+    let model = SnnModel::load(&args.model, &device)?;
+    // The test split does not depend on the eval and validation sizes: hold out one image each
+    // so that small datasets load.
+    let dataset = DatasetSpec {
+        seed: args.seed,
+        test_limit: args.limit,
+        eval_size: 1,
+        val_size: 1,
+        ..DatasetSpec::new(args.dataset, args.data_dir.clone())
+    };
+    let test = dataset
+        .load()
+        .with_context(|| format!("--dataset {}", args.dataset))?
+        .test;
+    check_test_fits(args, &test, &model)?;
+    let counts = ccsrp_worker::held_out::split_counts(
+        &model,
+        &test,
+        fgsm_eps,
+        &pgd,
+        ccsrp_worker::held_out::seed_from_name(&sha256),
+    )
+    .map_err(|e| flag_error(TrainError::Attack(e)))?;
+    let pct = |c: u64| percent(c, counts.samples);
+    let report = HeldOutReport {
+        model: args.model.display().to_string(),
+        model_sha256: sha256,
+        dataset: args.dataset.to_string(),
+        seed: args.seed,
+        images: counts.samples,
+        fgsm_eps,
+        clean_correct: counts.clean,
+        clean_accuracy: pct(counts.clean),
+        fgsm_correct: counts.fgsm,
+        fgsm_accuracy: pct(counts.fgsm),
+        pgd_correct: counts.pgd,
+        pgd_accuracy: pct(counts.pgd),
+        pgd,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let n = report.images;
+        println!(
+            "{} on {} ({n} test images, as a job's test step: attack seed from sha256 {}, images quantised to u8)",
+            report.model,
+            report.dataset,
+            &report.model_sha256[..16]
+        );
+        println!(
+            "clean: {}/{n} = {:.2}%",
+            report.clean_correct, report.clean_accuracy
+        );
+        println!(
+            "fgsm:  {}/{n} = {:.2}%  (eps {:.4})",
+            report.fgsm_correct, report.fgsm_accuracy, report.fgsm_eps
+        );
+        let p = &report.pgd;
+        println!(
+            "pgd:   {}/{n} = {:.2}%  (eps {:.4}, step {:.4}, {} steps{})",
+            report.pgd_correct,
+            report.pgd_accuracy,
+            p.eps,
+            p.step,
+            p.steps,
+            if p.random_start {
+                ""
+            } else {
+                ", no random start"
+            }
+        );
+        println!("{:.1} s", report.seconds);
+    }
+    Ok(())
+}
+
+/// Checks the test images fit the model: their shape and the number of classes.
+fn check_test_fits(
+    args: &EvalArgs,
+    test: &ccsrp_worker::data::ImageSet,
+    model: &SnnModel,
+) -> anyhow::Result<()> {
+    let input = model.spec().input;
+    if (test.channels, test.height, test.width) != (input.channels, input.height, input.width) {
+        anyhow::bail!(
+            "--dataset {}: images are {}x{}x{}, but --model {} takes {}x{}x{}",
+            args.dataset,
+            test.channels,
+            test.height,
+            test.width,
+            args.model.display(),
+            input.channels,
+            input.height,
+            input.width
+        );
+    }
+    if test.class_names.len() != model.spec().classes() {
+        anyhow::bail!(
+            "--dataset {} has {} classes, but --model {} has {}",
+            args.dataset,
+            test.class_names.len(),
+            args.model.display(),
+            model.spec().classes()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let signals = super::stop::StopSignals::listen(|signal| {
+        super::stop::announce(
+            &indicatif::ProgressBar::hidden(),
+            signal,
+            "the attacks stop after their current batch, nothing is reported",
+        )
+    })?;
+    let result = signals.cancel().scope(|| measure_and_print(args));
+    match (result, signals.stopped()) {
+        (Err(_), Some(stopped)) => Err(stopped.into()),
+        (result, _) => result,
+    }
+}
+
+/// Measures what the flags ask for and prints the report.
+fn measure_and_print(args: EvalArgs) -> anyhow::Result<()> {
+    if args.held_out {
+        return run_held_out(&args, Instant::now());
+    }
+    let report = evaluate(&args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// The measurement the flags ask for (all but `--held-out`).
+fn evaluate(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     let started = Instant::now();
     let params = AttackParams {
         kind: args.attack,
@@ -296,11 +503,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.limit == Some(0) {
         anyhow::bail!("--limit 0: expected at least 1 test image");
     }
-    let runs = attack_runs(&args, &params)?;
+    let runs = attack_runs(args, &params)?;
     let device = parse_device(&args.device).context("--device")?;
     let model = SnnModel::load(&args.model, &device)?;
     let source = match &args.source {
-        Some(path) => Some(load_source(path, &args, &model)?),
+        Some(path) => Some(load_source(path, args, &model)?),
         None => None,
     };
     let dataset = DatasetSpec {
@@ -312,29 +519,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .load()
         .with_context(|| format!("--dataset {}", args.dataset))?
         .test;
-    let input = model.spec().input;
-    if (test.channels, test.height, test.width) != (input.channels, input.height, input.width) {
-        anyhow::bail!(
-            "--dataset {}: images are {}x{}x{}, but --model {} takes {}x{}x{}",
-            args.dataset,
-            test.channels,
-            test.height,
-            test.width,
-            args.model.display(),
-            input.channels,
-            input.height,
-            input.width
-        );
-    }
-    if test.class_names.len() != model.spec().classes() {
-        anyhow::bail!(
-            "--dataset {} has {} classes, but --model {} has {}",
-            args.dataset,
-            test.class_names.len(),
-            args.model.display(),
-            model.spec().classes()
-        );
-    }
+    check_test_fits(args, &test, &model)?;
     let scope = if args.strong && !args.every_image {
         AttackScope::Survivors
     } else {
@@ -357,7 +542,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &energy_model,
     );
     let rates: Vec<f64> = energy.layers.iter().map(|l| l.spike_rate).collect();
-    let accuracy = |c: u64| result.accuracy(c);
+    let accuracy = |c: u64| percent(c, result.images);
     // The configured attack: every white-box run of exactly its parameters.
     let configured: Vec<&[bool]> = result
         .attacks
@@ -365,13 +550,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .filter(|a| !a.run.transfer && a.run.params == params)
         .map(|a| a.per_image.as_slice())
         .collect();
-    let adversarial_correct = if params.kind == AttackKind::None || configured.is_empty() {
-        result.clean_correct
+    let adversarial_correct = if params.kind == AttackKind::None {
+        None
+    } else if configured.is_empty() {
+        Some(result.clean_correct)
     } else {
-        ccsrp_worker::attack::correct_under_all(result.clean.len(), configured)?
-            .iter()
-            .filter(|c| **c)
-            .count() as u64
+        Some(
+            ccsrp_worker::attack::correct_under_all(result.clean.len(), configured)?
+                .iter()
+                .filter(|c| **c)
+                .count() as u64,
+        )
     };
     let own = model.surrogate();
     let mut surrogates: Vec<String> = Vec::new();
@@ -388,7 +577,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         clean_correct: result.clean_correct,
         clean_accuracy: accuracy(result.clean_correct),
         adversarial_correct,
-        adversarial_accuracy: accuracy(adversarial_correct),
+        adversarial_accuracy: adversarial_correct.map(accuracy),
         restarts: match args.restarts {
             Some(r) => r,
             None if args.strong => STRONG_RESTARTS,
@@ -421,17 +610,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .collect(),
         worst_case_correct: result.worst_case_correct,
         worst_case_accuracy: accuracy(result.worst_case_correct),
-        attack: params,
+        attack: (params.kind != AttackKind::None).then_some(params),
         spike_rates: rates,
         energy,
         seconds: started.elapsed().as_secs_f64(),
     };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    Ok(report)
 }
 
 fn print_report(report: &EvalReport) {
@@ -448,10 +632,7 @@ fn print_report(report: &EvalReport) {
         .unwrap_or(12);
     println!(
         "{:<width$} {}/{} = {:.2}%",
-        "clean:",
-        report.clean_correct,
-        report.images,
-        100.0 * report.clean_accuracy
+        "clean:", report.clean_correct, report.images, report.clean_accuracy
     );
     for a in &report.attacks {
         let p = &a.attack;
@@ -468,7 +649,7 @@ fn print_report(report: &EvalReport) {
             format!("{}:", a.name),
             a.correct,
             report.images,
-            100.0 * a.accuracy
+            a.accuracy
         );
     }
     if !report.attacks.is_empty() {
@@ -476,7 +657,7 @@ fn print_report(report: &EvalReport) {
             "strong robust (worst case per image): {}/{} = {:.2}%  (correct on the clean image and under all {} attacks)",
             report.worst_case_correct,
             report.images,
-            100.0 * report.worst_case_accuracy,
+            report.worst_case_accuracy,
             report.attacks.len()
         );
     }
@@ -712,6 +893,51 @@ mod tests {
                 .unwrap_or_default();
             assert!(e.contains("--surrogates"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn json_accuracies_are_percentages_and_attack_none_has_no_attack_fields() {
+        use ccsrp_worker::arch::{Architecture, InputShape};
+        use ccsrp_worker::model::ModelSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let device = parse_device("cpu").unwrap();
+        let spec = ModelSpec::new(
+            Architecture::preset("tiny").unwrap(),
+            1,
+            InputShape {
+                channels: 3,
+                height: 32,
+                width: 32,
+            },
+            (0..10).map(|c| c.to_string()).collect(),
+        );
+        let path = dir.path().join("model.safetensors");
+        SnnModel::new(spec, &device, 0)
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        let report_of = |flags: &[&str]| {
+            let mut args = parse(flags).unwrap();
+            args.model = path.clone();
+            serde_json::to_value(evaluate(&args).unwrap()).unwrap()
+        };
+        let none = report_of(&["--limit", "8"]);
+        for absent in ["attack", "adversarial_correct", "adversarial_accuracy"] {
+            assert!(none.get(absent).is_none(), "{absent} in {none}");
+        }
+        let clean = none["clean_correct"].as_u64().unwrap();
+        assert_eq!(
+            none["clean_accuracy"].as_f64(),
+            Some(percent(clean, 8)),
+            "{none}"
+        );
+        let fgsm = report_of(&["--limit", "8", "--attack", "fgsm"]);
+        let correct = fgsm["adversarial_correct"].as_u64().unwrap();
+        assert_eq!(
+            fgsm["adversarial_accuracy"].as_f64(),
+            Some(100.0 * correct as f64 / 8.0)
+        );
+        assert_eq!(fgsm["attack"]["kind"], "fgsm", "{fgsm}");
     }
 
     #[test]

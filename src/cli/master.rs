@@ -1,4 +1,5 @@
-//! `ccsrp master`: serve one job to workers over gRPC until it is done (or SIGTERM/SIGINT).
+//! `ccsrp master`: serve one job to workers over gRPC (over TLS with `--tls-cert`) until it is done
+//! (or SIGTERM/SIGINT).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use ccsrp_master::auth::AccessToken;
 use ccsrp_master::job_config::JobConfig;
 use ccsrp_master::server::{serve, MasterOptions};
 use ccsrp_master::shutdown;
+
+use super::stop::{self, StopSignals};
 
 #[derive(clap::Args)]
 pub struct MasterArgs {
@@ -30,6 +33,8 @@ pub struct MasterArgs {
     /// are written when the job ends, before this wait).
     #[arg(long, default_value_t = 5.0)]
     linger_seconds: f64,
+    #[command(flatten)]
+    tls: super::tls::ServerTlsArgs,
 }
 
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
@@ -38,6 +43,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
     let config = JobConfig::load(&args.config)?;
     let token = AccessToken::load(args.token_file.as_deref())?;
+    let tls = args.tls.load()?;
     if !(args.linger_seconds.is_finite() && args.linger_seconds >= 0.0) {
         anyhow::bail!(
             "--linger-seconds {}: expected a number >= 0",
@@ -50,15 +56,24 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         out_dir: args.out,
         token,
         linger: Duration::from_secs_f64(args.linger_seconds),
+        tls,
     };
+    let signals = StopSignals::listen(|signal| {
+        stop::announce(
+            &indicatif::ProgressBar::hidden(),
+            signal,
+            "the master writes its checkpoint and exits",
+        )
+    })?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("--listen {}: cannot listen", args.listen))?;
         let (trigger, shutdown) = shutdown::channel();
+        let signal = signals.first();
         tokio::spawn(async move {
-            shutdown::termination_signal().await;
+            signal.await;
             tracing::info!("termination signal: shutting down");
             trigger.trigger();
         });

@@ -244,6 +244,29 @@ fn network_summary(
 }
 
 pub fn run(args: PruneArgs) -> anyhow::Result<()> {
+    let signals = super::stop::StopSignals::listen(|signal| {
+        if std::io::stderr().is_terminal() {
+            // The fine-tuning progress line ends in a carriage return, not a newline.
+            eprintln!();
+        }
+        super::stop::announce(
+            &indicatif::ProgressBar::hidden(),
+            signal,
+            "pruning stops after its current batch, no result is written",
+        )
+    })?;
+    let out = args.out.clone();
+    let result = signals.cancel().scope(|| prune_and_measure(args));
+    match (result, signals.stopped()) {
+        (Err(_), Some(stopped)) => Err(stopped
+            .then(format!("nothing was written to {}", out.display()))
+            .into()),
+        (result, _) => result,
+    }
+}
+
+/// Prunes, fine-tunes and measures; writes the model file and the summary once all is measured.
+fn prune_and_measure(args: PruneArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     if let Some(r) = args.keep_ratio {
         if !r.is_finite() || r <= 0.0 || r > 1.0 {
@@ -345,12 +368,8 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         };
         train(&mut pruned, &splits.train, &config, &mut report).context("fine-tuning")?;
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("--out {}: cannot create the directory", args.out.display()))?;
     let model_path = args.out.join("model.safetensors");
     let pruned_bytes = pruned.to_bytes()?;
-    std::fs::write(&model_path, &pruned_bytes)
-        .with_context(|| format!("cannot write {}", model_path.display()))?;
     let pruned_sha = sha256_hex(&pruned_bytes);
 
     let attack = &settings.test_attack;
@@ -378,7 +397,8 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
                 network_summary(0, &dense_sha, &counts, &dense, &splits.test)?
             }
         };
-    let drop = |a: f64, b: f64| a - b;
+    // Percentage points rounded to 0.01, as in a job's summary (the counts are beside them).
+    let drop = |a: f64, b: f64| ccsrp_master::job::round_to(a - b, 2);
     let report = PruneReport {
         summary: Summary {
             method: args.method.to_string(),
@@ -401,6 +421,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
             data: settings.data.clone(),
             dense: dense_summary,
             pruned: pruned_summary,
+            run: None,
         },
         amount,
         keep_ratio,
@@ -408,6 +429,11 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         seed: args.seed,
         seconds: started.elapsed().as_secs_f64(),
     };
+    // Written together, once everything is measured: a stopped run leaves no half of a result.
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("--out {}: cannot create the directory", args.out.display()))?;
+    std::fs::write(&model_path, &pruned_bytes)
+        .with_context(|| format!("cannot write {}", model_path.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
     let summary_path = args.out.join("summary.json");
     std::fs::write(&summary_path, format!("{json}\n"))

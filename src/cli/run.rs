@@ -6,16 +6,25 @@
 //! dataset and pruned in two outer iterations, sized to finish in a few minutes on 2 CPU cores.
 //! A dense model trained by an earlier run with the same data, pretraining settings and seed is
 //! reused from the cache directory instead of being trained again.
+//!
+//! SIGINT or SIGTERM stops the job in any phase within about a second (`cli::stop`): the workers
+//! cancel their tasks at the next batch, the master writes its checkpoint, and the message says
+//! how to resume (`--resume`). A run without `--resume` starts afresh: it clears `<out>/state`,
+//! and the master removes an earlier run's result files from the out dir, so the out dir never
+//! holds one run's results beside another's partial state.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget};
 
 use ccsrp_master::artifact_store::ArtifactStore;
 use ccsrp_master::auth::AccessToken;
 use ccsrp_master::job_config::JobConfig;
+use ccsrp_master::results::{NetworkSummary, Summary};
 use ccsrp_master::server::{serve, MasterOptions};
 use ccsrp_master::shutdown;
 use ccsrp_proto::artifact_chunks::sha256_hex;
@@ -23,6 +32,8 @@ use ccsrp_proto::v1::progress_client::ProgressClient;
 use ccsrp_proto::v1::{JobStatus, StatusRequest};
 use ccsrp_worker::runtime::{run_worker, Uuid, WorkerOptions};
 
+use super::progress_view;
+use crate::cli::stop::{self, StopSignals};
 use crate::cli::worker::init_tracing;
 
 /// The job `ccsrp run` runs without `--config` (every field not named here has the default of
@@ -137,6 +148,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.json {
         init_tracing_quiet();
     }
+    let bar = progress_bar(args.json);
+    let signals = StopSignals::listen({
+        let bar = bar.clone();
+        move |signal| {
+            stop::announce(
+                &bar,
+                signal,
+                "the workers leave their tasks and the master saves the job's state",
+            )
+        }
+    })?;
     let state_dir = args.out.join("state");
     if !args.resume && state_dir.exists() {
         std::fs::remove_dir_all(&state_dir).with_context(|| {
@@ -158,7 +180,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = runtime.block_on(run_job(&args, config.clone(), &state_dir))?;
+    let report = runtime.block_on(run_job(
+        &args,
+        config.clone(),
+        &state_dir,
+        bar,
+        signals.first(),
+    ));
+    // Cancelled tasks end at their next batch; a step that cannot be cancelled (loading a
+    // dataset) does not hold the exit longer than this.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let report = report?;
     if let Some(failure) = &report.failure {
         anyhow::bail!(
             "job failed: {failure} (distinct reasons: {}); see {}; fix the cause and run again with --resume to resume",
@@ -166,9 +198,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             args.out.join(ccsrp_master::server::FAILED_FILE).display()
         );
     }
-    let outcome = report
-        .outcome
-        .ok_or_else(|| anyhow::anyhow!("the job stopped before it finished (interrupted?)"))?;
+    let Some(outcome) = report.outcome else {
+        if let Some(stopped) = signals.stopped() {
+            return Err(stopped
+                .then(format!(
+                    "the job's state is saved in {}; to resume it, run: {}",
+                    state_dir.display(),
+                    resume_command(std::env::args().skip(1))
+                ))
+                .into());
+        }
+        anyhow::bail!("the job stopped before it finished");
+    };
 
     if trains_dense {
         let store = ArtifactStore::open(&state_dir.join("artifacts"))?;
@@ -185,41 +226,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", summary.trim());
     } else {
-        let dense = &outcome.dense;
-        let answer = &outcome.answer;
-        let pct = |c: u64, n: u64| {
-            if n == 0 {
-                0.0
-            } else {
-                100.0 * c as f64 / n as f64
-            }
-        };
-        println!(
-            "dense model{}: validation clean {:.1}% PGD {:.1}% | test clean {:.1}%  FGSM {:.1}%  PGD {:.1}%  {} MACs",
-            if reused { " (reused from cache)" } else { "" },
-            pct(dense.validation.clean, dense.validation.samples),
-            pct(dense.validation.pgd, dense.validation.samples),
-            pct(dense.test.clean, dense.test.samples),
-            pct(dense.test.fgsm, dense.test.samples),
-            pct(dense.test.pgd, dense.test.samples),
-            dense.macs
-        );
-        println!(
-            "pruned (iteration {}): validation clean {:.1}% PGD {:.1}% | test clean {:.1}%  FGSM {:.1}%  PGD {:.1}%  {} MACs ({:.1}% fewer)",
-            answer.iteration,
-            pct(answer.validation.clean, answer.validation.samples),
-            pct(answer.validation.pgd, answer.validation.samples),
-            pct(answer.test.clean, answer.test.samples),
-            pct(answer.test.fgsm, answer.test.samples),
-            pct(answer.test.pgd, answer.test.samples),
-            answer.macs,
-            100.0 * outcome.macs_reduction()
-        );
-        println!(
-            "filters kept per layer: {:?} of {:?}",
-            answer.kept_filters.iter().map(Vec::len).collect::<Vec<_>>(),
-            dense.kept_filters.iter().map(Vec::len).collect::<Vec<_>>()
-        );
+        let summary: Summary = serde_json::from_str(&summary)
+            .with_context(|| format!("reading {}", summary_path.display()))?;
+        if reused {
+            println!("dense model reused from {}", dense_cache.display());
+        }
+        print!("{}", summary_table(&summary));
+        let report = args.out.join("report.html");
+        if report.exists() {
+            println!("report: {}", report.display());
+        }
         println!("results in {}", args.out.display());
     }
     Ok(())
@@ -233,10 +249,34 @@ fn init_tracing_quiet() {
     init_tracing();
 }
 
+/// The command line that resumes this run: the same arguments (after the program name) with
+/// `--resume`, quoted for a POSIX shell where needed.
+fn resume_command(args: impl Iterator<Item = String>) -> String {
+    let quote = |arg: &str| {
+        let plain = !arg.is_empty()
+            && arg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+        if plain {
+            arg.to_string()
+        } else {
+            format!("'{}'", arg.replace('\'', r"'\''"))
+        }
+    };
+    let mut words: Vec<String> = args.map(|a| quote(&a)).collect();
+    if !words.iter().any(|w| w == "--resume") {
+        words.push("--resume".into());
+    }
+    format!("ccsrp {}", words.join(" "))
+}
+
+/// Serves the job and runs the workers until the job ends or `signal` resolves.
 async fn run_job(
     args: &RunArgs,
     config: JobConfig,
     state_dir: &Path,
+    bar: ProgressBar,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ccsrp_master::server::ServeReport> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -250,6 +290,8 @@ async fn run_job(
             out_dir: Some(args.out.clone()),
             token: AccessToken::none(),
             linger: Duration::from_millis(500),
+            // Loopback only: no TLS.
+            tls: None,
         },
         listener,
         stop,
@@ -261,6 +303,7 @@ async fn run_job(
         let options = WorkerOptions {
             master: url.clone(),
             token: None,
+            tls: ccsrp_proto::tls::ClientTls::none(),
             cache_dir: args.cache_dir.clone(),
             data_dir: args.data_dir.clone(),
             device: args.device.clone(),
@@ -274,11 +317,17 @@ async fn run_job(
         }));
     }
 
-    let progress = tokio::spawn(show_progress(url.clone(), args.json));
+    // Drawn on stderr when it is a terminal (made in `run`, so a signal can end it); taken off
+    // the screen before the summary is printed.
+    let lines = !args.json && !std::io::stderr().is_terminal();
+    let progress = tokio::spawn(show_progress(url.clone(), bar.clone(), lines));
     let interrupt = {
         let trigger = trigger.clone();
+        // The display's connection would hold the master's graceful shutdown open.
+        let display = progress.abort_handle();
         tokio::spawn(async move {
-            crate::cli::worker::shutdown_signal().await;
+            signal.await;
+            display.abort();
             trigger.trigger();
         })
     };
@@ -286,6 +335,7 @@ async fn run_job(
     let report = master.await.context("the embedded master panicked")?;
     trigger.trigger();
     progress.abort();
+    bar.finish_and_clear();
     interrupt.abort();
     for worker in workers {
         match worker.await {
@@ -297,19 +347,19 @@ async fn run_job(
     Ok(report?)
 }
 
-/// A progress bar (on stderr, hidden when it is not a terminal) fed by the master's Status.
-async fn show_progress(url: String, quiet: bool) {
-    let bar = if quiet {
+/// The progress bar over the job's steps on stderr (hidden with `--json`; indicatif hides it when
+/// stderr is not a terminal).
+fn progress_bar(json: bool) -> ProgressBar {
+    if json {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(1)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tasks  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+        progress_view::steps_bar(ProgressDrawTarget::stderr())
+    }
+}
+
+/// Feeds `bar` (over the job's steps) from the master's Status; with `lines` (stderr not a
+/// terminal) prints a time-stamped line on stderr whenever the search moves instead.
+async fn show_progress(url: String, bar: ProgressBar, lines: bool) {
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut client = loop {
         match ProgressClient::connect(url.clone()).await {
@@ -317,14 +367,22 @@ async fn show_progress(url: String, quiet: bool) {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
+    let mut position = None;
     loop {
         if let Ok(status) = client.status(StatusRequest {}).await {
             let s: JobStatus = status.into_inner();
-            bar.set_length(s.tasks_done + s.tasks_pending);
-            bar.set_position(s.tasks_done);
-            bar.set_message(progress_message(&s));
-            if s.done {
-                bar.finish_with_message(progress_message(&s));
+            progress_view::update_bar(&bar, &s);
+            let now = (s.phase.clone(), s.iteration, s.generation);
+            if position.as_ref() != Some(&now) {
+                position = Some(now);
+                let line = progress_view::generation_line(&s);
+                if lines {
+                    eprintln!("{}", progress_view::timestamped_now(&line));
+                } else {
+                    bar.println(line);
+                }
+            }
+            if s.done || s.failed {
                 return;
             }
         }
@@ -332,25 +390,117 @@ async fn show_progress(url: String, quiet: bool) {
     }
 }
 
-fn progress_message(s: &JobStatus) -> String {
-    let mut message = format!(
-        "{} | iteration {}/{} | generation {}/{}",
-        s.phase, s.iteration, s.iterations, s.generation, s.generations
+/// The summary for people: dense and pruned on validation and test, MACs, parameters, filters
+/// kept, the drops (rounded; `summary.json` has the exact counts), and the `ccsrp eval` commands
+/// that reproduce the test numbers.
+pub fn summary_table(s: &Summary) -> String {
+    let mut out = String::new();
+    let header = format!(
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>11}  {}",
+        "network",
+        "val clean",
+        "val PGD",
+        "clean",
+        "FGSM",
+        "PGD",
+        "MACs",
+        "parameters",
+        "filters kept"
     );
-    if let (Some(dense), Some(best)) = (&s.dense, &s.best) {
-        let pct = |c: u64, n: u64| {
-            if n == 0 {
-                0.0
-            } else {
-                100.0 * c as f64 / n as f64
-            }
-        };
-        message.push_str(&format!(
-            " | best: validation clean {:.1}% PGD {:.1}% MACs {:.0}% of dense",
-            pct(best.val_clean_correct, best.val_samples),
-            pct(best.val_pgd_correct, best.val_samples),
-            pct(best.macs, dense.macs)
-        ));
+    out.push_str(&header);
+    out.push('\n');
+    let row = |label: String, n: &NetworkSummary| {
+        format!(
+            "{:<22} {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}% {:>12.4e} {:>11}  {:?}\n",
+            label,
+            n.val_clean_accuracy,
+            n.val_pgd_accuracy,
+            n.clean_accuracy,
+            n.fgsm_accuracy,
+            n.pgd_accuracy,
+            n.macs as f64,
+            n.parameters,
+            n.kept_filters
+        )
+    };
+    out += &row("dense".into(), &s.dense);
+    out += &row(
+        format!("pruned (iteration {})", s.pruned.iteration),
+        &s.pruned,
+    );
+    out += &format!(
+        "drops (points): validation clean {:.2}, PGD {:.2}; test clean {:.2}, PGD {:.2}; MACs {:.1}% fewer\n",
+        s.clean_drop,
+        s.robust_drop,
+        s.test_clean_drop,
+        s.test_robust_drop,
+        100.0 * s.macs_reduction
+    );
+    out += &format!(
+        "validation: {} images, test: {} images (accuracies in percent; exact counts in summary.json)\n",
+        s.pruned.val_samples, s.pruned.test_samples
+    );
+    if let Some(run) = &s.run {
+        for r in &run.reproduce {
+            out += &format!(
+                "reproduce the {} network's {}: {}\n",
+                r.network, r.numbers, r.command
+            );
+        }
     }
-    message
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_table_rounds_for_people_and_prints_the_reproduce_commands() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/summary.json"
+        ))
+        .unwrap();
+        let summary: Summary = serde_json::from_str(&text).unwrap();
+        let table = summary_table(&summary);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("network"), "{table}");
+        assert!(
+            lines[1].starts_with("dense") && lines[1].contains("81.40%"),
+            "{table}"
+        );
+        assert!(lines[2].starts_with("pruned (iteration 2)"), "{table}");
+        assert!(
+            lines[3].starts_with("drops (points): validation clean 3.20, PGD -1.00;"),
+            "{table}"
+        );
+        assert!(
+            table.contains("reproduce the pruned network's test clean, FGSM and PGD: ccsrp eval --held-out --model out/model.safetensors"),
+            "{table}"
+        );
+    }
+
+    fn words(args: &[&str]) -> std::vec::IntoIter<String> {
+        args.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn the_resume_command_repeats_the_arguments_with_resume() {
+        assert_eq!(
+            resume_command(words(&["run", "--config", "exp/job.toml", "--out", "out"])),
+            "ccsrp run --config exp/job.toml --out out --resume"
+        );
+        assert_eq!(
+            resume_command(words(&["run", "--resume", "--seed", "3"])),
+            "ccsrp run --resume --seed 3"
+        );
+        assert_eq!(
+            resume_command(words(&["run", "--out", "my results", "--data-dir", "it's"])),
+            r"ccsrp run --out 'my results' --data-dir 'it'\''s' --resume"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use ccsrp_proto::v1::{JobStatus, NetworkPoint, StatusRequest};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
-    /// The master, e.g. http://127.0.0.1:50051.
+    /// The master, e.g. http://127.0.0.1:50051 (https://... for a master serving TLS).
     #[arg(long)]
     master: String,
     /// Print one JSON object instead of a summary.
@@ -15,6 +15,8 @@ pub struct StatusArgs {
     /// File holding the job's token [default: $CCSRP_TOKEN, else none].
     #[arg(long)]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: super::tls::ClientTlsArgs,
 }
 
 /// The token for client commands: from `--token-file`, else `$CCSRP_TOKEN`.
@@ -72,6 +74,19 @@ pub fn summary(s: &JobStatus) -> String {
         s.results_accepted,
         s.results_dropped
     );
+    out += &format!(
+        "progress: {}/{} steps ({:.1}%), {} elapsed{}\n",
+        s.steps_done,
+        s.steps_total,
+        s.percent_done,
+        super::progress_view::duration_text(s.elapsed_seconds),
+        match s.remaining_seconds {
+            Some(left) if !s.done => {
+                format!(", ~{} left", super::progress_view::duration_text(left))
+            }
+            _ => String::new(),
+        }
+    );
     if s.failed {
         out += &format!(
             "FAILED: task {} failed {} times:\n",
@@ -97,17 +112,19 @@ pub fn summary(s: &JobStatus) -> String {
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let token = client_token(args.token_file.as_deref())?;
+    let tls = args.tls.load(&args.master)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let status = runtime.block_on(async {
-        let mut client = ccsrp_master::client::progress(&args.master, token.as_deref()).await?;
-        let status = client.status(StatusRequest {}).await.map_err(|s| {
-            anyhow::anyhow!(
-                "status of {}: {} ({:?})",
+        let mut client =
+            ccsrp_master::client::progress(&args.master, token.as_deref(), &tls).await?;
+        let status = match client.status(StatusRequest {}).await {
+            Ok(status) => status,
+            Err(s) => anyhow::bail!(
+                "status of {}: {}",
                 args.master,
-                s.message(),
-                s.code()
-            )
-        })?;
+                ccsrp_master::client::explain(&args.master, &tls, &s).await
+            ),
+        };
         anyhow::Ok(status.into_inner())
     })?;
     if args.json {

@@ -1,7 +1,13 @@
 //! `ccsrp train`: train a dense SNN on a dataset, report clean test accuracy, save the model file.
 //!
+//! The first `--eval-size` + `--val-size` images of the seeded shuffle of the training images are
+//! held out (the job's eval and validation splits) and never trained on; the command says so. A
+//! dataset with fewer than two classes is refused. Accuracies are percentages beside the counts.
+//!
 //! Progress (loss and accuracy per epoch) goes to stderr: a progress bar on a terminal, one line
 //! per epoch otherwise, nothing with `--json`, which prints one JSON summary object on stdout.
+//! SIGINT or SIGTERM stops training after its current batch without writing the model file
+//! (`cli::stop`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -19,7 +25,10 @@ use ccsrp_worker::eval::{count_correct, DEFAULT_BATCH};
 use ccsrp_worker::model::{ModelSpec, Normalisation, SnnModel};
 use ccsrp_worker::train::{train, TrainConfig, TrainError, TrainProgress};
 
+use ccsrp_master::job::{percent, round_to};
+
 use super::eval::{flag_error, parse_pixel_value};
+use super::stop::{self, StopSignals};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -98,6 +107,9 @@ struct TrainReport {
     architecture: String,
     timesteps: usize,
     train_images: usize,
+    /// Training images held out (never trained on) as the eval and validation splits.
+    eval_images: usize,
+    validation_images: usize,
     test_images: usize,
     epochs: usize,
     epoch_losses: Vec<f64>,
@@ -112,6 +124,29 @@ struct TrainReport {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let bar = progress_bar(args.json);
+    let signals = StopSignals::listen({
+        let bar = bar.clone();
+        move |signal| {
+            stop::announce(
+                &bar,
+                signal,
+                "training stops after its current batch, no model file is written",
+            )
+        }
+    })?;
+    let out = args.out.clone();
+    let result = signals.cancel().scope(|| train_model(args, &bar));
+    match (result, signals.stopped()) {
+        (Err(_), Some(stopped)) => Err(stopped
+            .then(format!("no model was written to {}", out.display()))
+            .into()),
+        (result, _) => result,
+    }
+}
+
+/// Trains, tests and saves the model, reporting progress on `bar`.
+fn train_model(args: TrainArgs, bar: &ProgressBar) -> anyhow::Result<()> {
     let started = Instant::now();
     if args.timesteps == 0 {
         anyhow::bail!("--timesteps 0: expected at least 1 time step");
@@ -150,6 +185,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let splits = dataset
         .load()
         .with_context(|| format!("--dataset {}", args.dataset))?;
+    check_classes(&args, &splits.train.class_names)?;
+    if !args.json {
+        eprintln!(
+            "training on {} images; held out {} (--eval-size) + {} (--val-size) training images as \
+             the eval and validation splits, never trained on",
+            splits.train.len(),
+            splits.eval.len(),
+            splits.validation.len()
+        );
+    }
     let input = InputShape {
         channels: splits.train.channels,
         height: splits.train.height,
@@ -169,10 +214,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         )
     })?;
 
-    let bar = progress_bar(
-        args.json,
-        config.epochs * splits.train.len().div_ceil(config.batch_size),
-    );
+    bar.set_length((config.epochs * splits.train.len().div_ceil(config.batch_size)) as u64);
     let quiet = args.json;
     let mut report_progress = |p: &TrainProgress| {
         bar.inc(1);
@@ -219,14 +261,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         architecture: model.spec().architecture.to_string(),
         timesteps: args.timesteps,
         train_images: splits.train.len(),
+        eval_images: splits.eval.len(),
+        validation_images: splits.validation.len(),
         test_images,
         epochs: summary.epochs,
         final_loss: summary.final_loss,
         epoch_losses: summary.epoch_losses,
-        train_accuracy: summary.train_accuracy,
+        train_accuracy: round_to(100.0 * summary.train_accuracy, 2),
         seconds_per_epoch: summary.seconds_per_epoch,
         test_correct,
-        test_accuracy: test_correct as f64 / test_images.max(1) as f64,
+        test_accuracy: percent(test_correct, test_images as u64),
         parameters: model.parameters(),
         macs: model.macs(),
         seconds: started.elapsed().as_secs_f64(),
@@ -242,14 +286,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             report.train_images,
             report.epochs,
             report.final_loss,
-            100.0 * report.train_accuracy,
+            report.train_accuracy,
             report.seconds_per_epoch
         );
         println!(
             "clean test accuracy: {}/{} = {:.2}%",
-            report.test_correct,
-            report.test_images,
-            100.0 * report.test_accuracy
+            report.test_correct, report.test_images, report.test_accuracy
         );
         println!(
             "{} parameters, {} MACs per image; saved to {}",
@@ -259,12 +301,34 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A bar over all training steps on stderr; hidden with `--json` or when stderr is not a terminal.
-fn progress_bar(json: bool, steps: usize) -> ProgressBar {
+/// Refuses a dataset with fewer than two classes: a classifier of one class is "100 %" right
+/// without learning anything.
+fn check_classes(args: &TrainArgs, classes: &[String]) -> anyhow::Result<()> {
+    if classes.len() < 2 {
+        let dir = args
+            .data_dir
+            .as_ref()
+            .map(|d| format!(" in {}", d.display()))
+            .unwrap_or_default();
+        anyhow::bail!(
+            "--dataset {}{dir}: found {} class{} {:?}; a classifier needs at least two (for a \
+             folder dataset, one sub-folder per class under train/ and test/)",
+            args.dataset,
+            classes.len(),
+            if classes.len() == 1 { "" } else { "es" },
+            classes
+        );
+    }
+    Ok(())
+}
+
+/// A bar over all training steps on stderr (its length is set once the data is loaded); hidden
+/// with `--json` or when stderr is not a terminal.
+fn progress_bar(json: bool) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(steps as u64);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
             "[{elapsed_precise}] {bar:30} {pos}/{len} steps, eta {eta}  {msg}",
@@ -272,4 +336,64 @@ fn progress_bar(json: bool, steps: usize) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 4x4 grey PNG.
+    const PNG: [u8; 71] = [
+        137, 80, 78, 71, 13, 10, 26, 10, 0, 0, 0, 13, 73, 72, 68, 82, 0, 0, 0, 4, 0, 0, 0, 4, 8, 0,
+        0, 0, 0, 140, 154, 193, 162, 0, 0, 0, 14, 73, 68, 65, 84, 120, 156, 99, 104, 0, 2, 6, 84,
+        2, 0, 80, 20, 8, 1, 112, 37, 174, 63, 0, 0, 0, 0, 73, 69, 78, 68, 174, 66, 96, 130,
+    ];
+
+    #[derive(clap::Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    #[test]
+    fn a_dataset_of_one_class_is_refused_naming_it() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        for split in ["train", "test"] {
+            let class = dir.path().join(split).join("cat");
+            std::fs::create_dir_all(&class).unwrap();
+            for i in 0..4 {
+                std::fs::write(class.join(format!("{i}.png")), PNG).unwrap();
+            }
+        }
+        let data_dir = dir.path().display().to_string();
+        let out = dir.path().join("model.safetensors").display().to_string();
+        let argv = [
+            "train",
+            "--dataset",
+            "folder",
+            "--data-dir",
+            &data_dir,
+            "--arch",
+            "tiny",
+            "--eval-size",
+            "1",
+            "--val-size",
+            "1",
+            "--epochs",
+            "1",
+            "--out",
+            &out,
+            "--json",
+        ];
+        let args = TestCli::try_parse_from(argv).unwrap().args;
+        let e = run(args).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "--dataset folder in {data_dir}: found 1 class [\"cat\"]"
+            )),
+            "{e}"
+        );
+        assert!(!dir.path().join("model.safetensors").exists());
+    }
 }

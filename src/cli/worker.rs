@@ -7,9 +7,12 @@ use anyhow::Context;
 
 use ccsrp_worker::runtime::{run_worker, Uuid, WorkerOptions};
 
+use super::stop::{self, StopSignals};
+
 #[derive(clap::Args)]
 pub struct WorkerArgs {
-    /// The master's address, e.g. http://10.0.0.5:50051 (http:// is added when missing).
+    /// The master's address, e.g. http://10.0.0.5:50051, or https://... for a master serving TLS
+    /// (a bare host:port gets https:// with TLS flags, else http://).
     #[arg(long)]
     pub master: String,
     /// Threads for evaluation (default: every core).
@@ -30,6 +33,8 @@ pub struct WorkerArgs {
     /// Give up after the master has been unreachable this many seconds (0: never).
     #[arg(long, default_value_t = 300)]
     pub give_up_after: u64,
+    #[command(flatten)]
+    pub tls: super::tls::ClientTlsArgs,
 }
 
 /// The shared token: `--token-file` wins over `CCSRP_TOKEN`; surrounding whitespace is ignored.
@@ -69,9 +74,16 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     set_threads(threads);
     init_tracing();
+    let tls = args.tls.load(&args.master)?;
+    let master = if tls.is_configured() && !args.master.contains("://") {
+        format!("https://{}", args.master)
+    } else {
+        master_url(&args.master)
+    };
     let options = WorkerOptions {
-        master: master_url(&args.master),
+        master,
         token: read_token(args.token_file.as_deref())?,
+        tls,
         cache_dir: args.cache_dir,
         data_dir: args.data_dir,
         device: args.device,
@@ -79,12 +91,23 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         worker_id: Uuid::new_v4(),
         give_up_after: (args.give_up_after > 0).then(|| Duration::from_secs(args.give_up_after)),
     };
+    let signals = StopSignals::listen(|signal| {
+        stop::announce(
+            &indicatif::ProgressBar::hidden(),
+            signal,
+            "the task in progress stops after its current batch and is left to another worker",
+        )
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move { run_worker(options, shutdown_signal()).await })?;
+    let result = runtime.block_on(run_worker(options, signals.first()));
+    // A cancelled task ends at its next batch; a step that cannot be cancelled (loading a
+    // dataset) does not hold the exit longer than this.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result?;
     Ok(())
 }
 
@@ -96,28 +119,4 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

@@ -251,22 +251,40 @@ pub fn train_small_dense(dir: &Path) -> String {
     out
 }
 
-/// The result files two runs of the same job must agree on, byte for byte.
+/// The result files two runs of the same job must agree on, byte for byte (`summary.json` but
+/// for its `run` record: wall times and paths, see [`summary_results`]).
 pub const RESULT_FILES: &[&str] = &[
     "summary.json",
+    "dense.safetensors",
     "iterations.json",
     "fronts.json",
     "fronts.csv",
     "model.safetensors",
 ];
 
+/// The bytes of `summary.json` without its `run` record (how the job ran: wall times, paths of the
+/// out dir), which differ between two runs of the same job; every other result is the same.
+pub fn summary_results(bytes: &[u8]) -> Vec<u8> {
+    let mut summary: serde_json::Value =
+        serde_json::from_slice(bytes).expect("summary.json parses");
+    let run = summary.as_object_mut().and_then(|o| o.remove("run"));
+    assert!(run.is_some(), "a job's summary.json has a run record");
+    serde_json::to_vec_pretty(&summary).expect("serialise summary")
+}
+
 /// Panics naming the first result file that differs between two out dirs.
 pub fn assert_same_results(expected: &Path, got: &Path) {
     for name in RESULT_FILES {
-        let a = std::fs::read(expected.join(name))
-            .unwrap_or_else(|e| panic!("{}: {e}", expected.join(name).display()));
-        let b = std::fs::read(got.join(name))
-            .unwrap_or_else(|e| panic!("{}: {e}", got.join(name).display()));
+        let read = |dir: &Path| {
+            let bytes = std::fs::read(dir.join(name))
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()));
+            if *name == "summary.json" {
+                summary_results(&bytes)
+            } else {
+                bytes
+            }
+        };
+        let (a, b) = (read(expected), read(got));
         if a != b {
             panic!(
                 "{name} differs between {} and {}:\n--- expected\n{}\n--- got\n{}",

@@ -42,6 +42,16 @@ pub enum ArchError {
         height: usize,
         width: usize,
     },
+    /// The classifier's inputs (last filters x height x width) do not fit in a usize: no real
+    /// network, e.g. a spec with a forged input size.
+    #[error(
+        "the classifier's inputs {filters}x{height}x{width} overflow: input shape or widths too large"
+    )]
+    TooLarge {
+        filters: usize,
+        height: usize,
+        width: usize,
+    },
 }
 
 /// One item of an architecture list.
@@ -202,7 +212,15 @@ impl Architecture {
                 }
             }
         }
-        Ok((layers, channels * height * width))
+        let features = channels
+            .checked_mul(height)
+            .and_then(|f| f.checked_mul(width))
+            .ok_or(ArchError::TooLarge {
+                filters: channels,
+                height,
+                width,
+            })?;
+        Ok((layers, features))
     }
 }
 

@@ -5,11 +5,16 @@
 //! input into columns `[C*9, N*H*W]` and multiply `[out, C*9]` by them; the backward of the
 //! unrolling is its adjoint (col2im). Other devices use candle's
 //! `conv2d` (cuDNN/CUDA kernels). Results equal `conv2d` up to float summation order.
+//!
+//! The attacks' convolution ([`conv3x3_input_grad`]) instead runs on the fixed-order kernels of
+//! [`crate::event_conv`] both ways (its backward is the convolution of the output gradient with
+//! the flipped, transposed kernel), as does inference (`SnnModel::run_inference`).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu_buffer::contiguous_f32;
+use crate::event_conv::{FoldedConv, KernelChoice};
 
 /// `conv2d(x, w, padding 1, stride 1)` for `x` `[N, C, H, W]` and `w` `[out, C, 3, 3]`, no graph.
 pub(crate) fn conv3x3(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
@@ -59,13 +64,33 @@ pub(crate) fn conv3x3_input_grad(x: &Tensor, w: &Tensor) -> candle_core::Result<
     if !im2col_applies(x, w)? {
         return x.conv2d(&w.detach(), 1, 1, 1, 1);
     }
-    x.contiguous()?
-        .apply_op1(ConstantWeightConv3x3 { w: w.detach() })
+    let (out, c, _, _) = w.dims4()?;
+    let values = w.detach().flatten_all()?.to_vec1::<f32>()?;
+    // The backward is the convolution of dy with the flipped, transposed kernel:
+    // flipped[ci, o, ky, kx] = w[o, ci, 2 - ky, 2 - kx].
+    let mut flipped = vec![0f32; values.len()];
+    for o in 0..out {
+        for ci in 0..c {
+            for tap in 0..9 {
+                flipped[(ci * out + o) * 9 + 8 - tap] = values[(o * c + ci) * 9 + tap];
+            }
+        }
+    }
+    let plain = |weights: &[f32], dims: (usize, usize)| {
+        FoldedConv::new(weights, dims, &vec![1.0; dims.0], &vec![0.0; dims.0])
+            .map_err(candle_core::Error::Msg)
+    };
+    x.contiguous()?.apply_op1(ConstantWeightConv3x3 {
+        forward: plain(&values, (out, c))?,
+        backward: plain(&flipped, (c, out))?,
+    })
 }
 
-/// [`conv3x3`] as one op with the input-only backward of [`conv3x3_input_grad`].
+/// [`conv3x3`] as one op with the input-only backward of [`conv3x3_input_grad`], both passes on the
+/// fixed-order kernels of [`crate::event_conv`] (sparse spikes forward, dense gradients backward).
 struct ConstantWeightConv3x3 {
-    w: Tensor,
+    forward: FoldedConv,
+    backward: FoldedConv,
 }
 
 impl CustomOp1 for ConstantWeightConv3x3 {
@@ -79,29 +104,22 @@ impl CustomOp1 for ConstantWeightConv3x3 {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let data = contiguous_f32(storage, layout, "conv3x3 input")?;
-        let x = Tensor::from_slice(data, layout.shape(), &candle_core::Device::Cpu)?;
-        let y = conv3x3(&x, &self.w)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+        let (n, _, h, w) = layout.shape().dims4()?;
+        let y = self
+            .forward
+            .forward(data, (h, w), KernelChoice::ByRate)
+            .map_err(candle_core::Error::Msg)?;
+        let shape = Shape::from((n, self.forward.out_channels(), h, w));
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(
         &self,
-        arg: &Tensor,
+        _arg: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let (n, c, h, w) = arg.dims4()?;
-        let out = self.w.dim(0)?;
-        let dy = grad_res
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((out, n * h * w))?;
-        let cols = self.w.reshape((out, c * 9))?.t()?.matmul(&dy)?;
-        let grad = cols
-            .contiguous()?
-            .apply_op1_no_bwd(&Col2Im3x3 { n, c, h, w })?;
-        Ok(Some(grad))
+        Ok(Some(self.backward.apply(&grad_res.contiguous()?)?))
     }
 }
 

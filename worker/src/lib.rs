@@ -12,8 +12,11 @@
 //!   ratios, solved for a MACs target.
 //! - [`prefix`]: layer inputs and running from layer l on (the prefix cache).
 //! - [`eval`]: exact correct counts and spike rates on u8 images.
+//! - `event_conv` (internal): the CPU inference kernels: batch norm folded into the conv, one
+//!   summation order per output whatever the thread count, event-driven on sparse spikes.
 //! - [`held_out`]: a network's clean, FGSM and PGD counts on the validation and test splits.
 //! - [`device`]: `cpu` / `cuda:N` parsing, never falling back silently.
+//! - [`cancel`]: the token that stops training, attacks and evaluation between batches.
 //!
 //! Around it: [`data`] (datasets as u8 images), [`attack`], [`augment`], [`train`], and
 //! [`runtime`]: the worker loop that pulls tasks from a master and runs them with all of the above.
@@ -23,12 +26,14 @@ pub mod arch;
 pub mod attack;
 pub mod augment;
 pub mod batch_norm;
+pub mod cancel;
 mod conv;
 mod cpu_buffer;
 pub mod criterion;
 pub mod data;
 pub mod device;
 pub mod eval;
+mod event_conv;
 pub mod held_out;
 pub mod lif;
 pub mod model;

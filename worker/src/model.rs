@@ -16,9 +16,13 @@
 //! ([`SnnModel::forward`] with `train = false`) and the inference path ([`SnnModel::forward_eval`]), so
 //! both give the same spikes. The layer-0 batch statistics are taken over the B images once (a
 //! T-fold copy has the same mean and biased variance).
+//!
+//! Every forward pass first checks the computing thread's cancellation token ([`crate::cancel`]):
+//! once it is cancelled, the pass fails with [`ModelError::Cancelled`].
 
 use crate::arch::{ArchError, Architecture, InputShape, LayerGeometry, KERNEL};
 use crate::data::ImageSet;
+use crate::event_conv::{FoldedConv, FoldedLinear};
 use crate::lif::{ChannelAffine, Drive, Lif, LifError, LifParams, SurrogateSpec};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
@@ -68,6 +72,9 @@ pub enum ModelError {
     NoSuchLayer { layer: usize, layers: usize },
     #[error("tensor computation: {0}")]
     Candle(#[from] candle_core::Error),
+    /// The thread's [`crate::cancel::Cancel`] token was cancelled before this forward pass.
+    #[error(transparent)]
+    Cancelled(#[from] crate::cancel::Cancelled),
 }
 
 /// Per-channel input normalisation `(p - mean) / std` of pixels p in [0, 1].
@@ -414,6 +421,16 @@ impl SnnModel {
         SnnModel::from_state(spec, &self.device, &state)
     }
 
+    /// A deep copy (same device) with every conv weight multiplied by `factor`: below 1 the
+    /// layers fire less, above 1 more (benchmarks and tests of the sparse kernels).
+    pub fn with_scaled_conv_weights(&self, factor: f64) -> Result<SnnModel, ModelError> {
+        let copy = self.try_clone()?;
+        for b in &copy.blocks {
+            b.weight.set(&b.weight.as_tensor().affine(factor, 0.0)?)?;
+        }
+        Ok(copy)
+    }
+
     /// The surrogate gradient the model's LIF neurons backpropagate through.
     pub fn surrogate(&self) -> SurrogateSpec {
         SurrogateSpec::of(&self.spec.lif)
@@ -541,6 +558,7 @@ impl SnnModel {
         train: bool,
         weight_grads: bool,
     ) -> Result<Tensor, ModelError> {
+        crate::cancel::check()?;
         self.check_pixels(pixels)?;
         let mut x = self.normalise(pixels)?;
         for l in 0..self.blocks.len() {
@@ -586,6 +604,7 @@ impl SnnModel {
         input: Tensor,
         mut visit: impl FnMut(usize, &Tensor) -> Result<(), ModelError>,
     ) -> Result<Tensor, ModelError> {
+        crate::cancel::check()?;
         let mut x = if start == 0 {
             input
         } else {
@@ -597,14 +616,63 @@ impl SnnModel {
             } else {
                 Drive::EveryStep
             };
-            let y = crate::conv::conv3x3(&x, &self.blocks[l].weight.as_tensor().detach())?;
-            let s = self
-                .lif
-                .forward_inference(&y, drive, Some(&self.bn_affine(l, false)?))?;
+            let s = if self.device.is_cpu() {
+                let y = self.folded_conv(l)?.apply(&x)?;
+                self.lif.forward_inference(&y, drive, None)?
+            } else {
+                let y = crate::conv::conv3x3(&x, &self.blocks[l].weight.as_tensor().detach())?;
+                self.lif
+                    .forward_inference(&y, drive, Some(&self.bn_affine(l, false)?))?
+            };
             visit(l, &s)?;
             x = self.pool(l, s)?;
         }
+        if self.device.is_cpu() {
+            return self.classify_inference(&x);
+        }
         Ok(self.classify(&x, false)?)
+    }
+
+    /// Layer `l`'s conv with its batch norm folded in, for the CPU inference kernels.
+    fn folded_conv(&self, l: usize) -> Result<FoldedConv, ModelError> {
+        let w = self.blocks[l].weight.as_tensor();
+        let (out, cin, _, _) = w.dims4()?;
+        let affine = self.bn_affine(l, false)?;
+        FoldedConv::new(
+            &w.flatten_all()?.to_vec1::<f32>()?,
+            (out, cin),
+            &affine.scale.to_vec1::<f32>()?,
+            &affine.shift.to_vec1::<f32>()?,
+        )
+        .map_err(|e| ModelError::Candle(candle_core::Error::Msg(e)))
+    }
+
+    /// [`SnnModel::classify`] without a graph on the CPU: the event-driven classifier
+    /// ([`FoldedLinear`]) on every step's features, then the mean over T (steps summed in order).
+    fn classify_inference(&self, features: &Tensor) -> Result<Tensor, ModelError> {
+        let msg = |e| ModelError::Candle(candle_core::Error::Msg(e));
+        let (classes, n) = self.classifier_dims();
+        let linear = FoldedLinear::new(
+            &self
+                .classifier_weight
+                .as_tensor()
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            (classes, n),
+            &self.classifier_bias.as_tensor().to_vec1::<f32>()?,
+        )
+        .map_err(msg)?;
+        let x = features.flatten_all()?.to_vec1::<f32>()?;
+        let logits = linear.forward(&x).map_err(msg)?;
+        let t = self.spec.timesteps;
+        let rows = logits.len() / classes.max(1);
+        let batch = rows / t;
+        let mut mean = vec![0f32; batch * classes];
+        for step in logits.chunks_exact(batch * classes) {
+            mean.iter_mut().zip(step).for_each(|(m, v)| *m += v);
+        }
+        mean.iter_mut().for_each(|m| *m /= t as f32);
+        Ok(Tensor::from_vec(mean, (batch, classes), &self.device)?)
     }
 
     /// Normalised pixels for the inference pass.
@@ -636,10 +704,14 @@ impl SnnModel {
         };
         let rows = features.dim(0)?;
         let t = self.spec.timesteps;
-        let logits = features
-            .flatten_from(1)?
-            .matmul(&w.t()?)?
-            .broadcast_add(&b)?;
+        let logits = if !track && features.device().is_cpu() {
+            crate::event_conv::linear_input_grad(&features.flatten_from(1)?, &w, &b)?
+        } else {
+            features
+                .flatten_from(1)?
+                .matmul(&w.t()?)?
+                .broadcast_add(&b)?
+        };
         let classes = logits.dim(D::Minus1)?;
         logits.reshape((t, rows / t, classes))?.mean(0)
     }
@@ -811,6 +883,85 @@ pub(crate) mod tests {
         assert_eq!(fast.dims(), &[6, 3]);
         let d = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+    }
+
+    #[test]
+    fn eval_pass_equals_the_differentiable_pass_at_low_and_high_spike_rates() {
+        let m = SnnModel::new(tiny_spec("8,6,M,5,M", 4), &Device::Cpu, 4).unwrap();
+        let x = random_pixels(6, 3);
+        for factor in [0.4, 1.0, 3.0] {
+            let m = m.with_scaled_conv_weights(factor).unwrap();
+            let mut rates = Vec::new();
+            m.run_inference(0, m.normalised_input(&x).unwrap(), |_, s| {
+                rates.push(s.mean_all()?.to_scalar::<f32>()?);
+                Ok(())
+            })
+            .unwrap();
+            let fast = m.forward_eval(&x).unwrap();
+            let slow = m.forward(&x, false).unwrap();
+            let d = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
+            let d = d.to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "weights x{factor} (spike rates {rates:?}): {d}");
+        }
+    }
+
+    #[test]
+    fn inference_results_do_not_depend_on_the_thread_count() {
+        let m = SnnModel::new(tiny_spec("8,6,M,5,M", 3), &Device::Cpu, 5).unwrap();
+        let x = random_pixels(7, 6);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let full: Vec<Vec<f32>> = m.forward_eval(&x).unwrap().to_vec2().unwrap();
+                let inputs = m.layer_inputs(&x).unwrap();
+                let from: Vec<Vec<f32>> = m.forward_from(2, &inputs[2]).unwrap().to_vec2().unwrap();
+                let bits: Vec<u32> = full.iter().flatten().map(|v| v.to_bits()).collect();
+                (
+                    bits,
+                    from,
+                    crate::eval::predictions(&m.forward_eval(&x).unwrap()).unwrap(),
+                )
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3, 8] {
+            assert_eq!(run(threads), one, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn attack_input_gradients_do_not_depend_on_the_thread_count() {
+        let m = SnnModel::new(tiny_spec("8,6,M,5,M", 3), &Device::Cpu, 6).unwrap();
+        let x = random_pixels(5, 7);
+        let labels = Tensor::new(&[0u32, 1, 2, 0, 1], &Device::Cpu).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let v = Var::from_tensor(&x).unwrap();
+                let logits = m.forward_input_grad(v.as_tensor()).unwrap();
+                let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+                let g = loss.backward().unwrap();
+                let g: Vec<f32> = g
+                    .get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                g.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+            })
+        };
+        let one = run(1);
+        assert!(one.iter().any(|b| *b != 0), "a nonzero gradient");
+        for threads in [2, 3, 8] {
+            assert_eq!(run(threads), one, "{threads} threads");
+        }
     }
 
     #[test]

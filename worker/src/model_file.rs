@@ -247,9 +247,20 @@ pub fn read_spec(path: &Path) -> Result<ModelSpec, ModelFileError> {
         error,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
     let mut prefix = [0u8; 8];
     file.read_exact(&mut prefix).map_err(io)?;
     let n = header_len(prefix, &source_name)?;
+    // Checked before allocating: a forged length must not cost its size in memory.
+    if n as u64 > file_len.saturating_sub(8) {
+        return Err(ModelFileError::Format {
+            source_name: source_name.clone(),
+            detail: format!(
+                "the header length says {n} bytes, the file has {} after it",
+                file_len.saturating_sub(8)
+            ),
+        });
+    }
     let mut header = vec![0u8; n];
     file.read_exact(&mut header).map_err(io)?;
     spec_from_header(&header, &source_name)

@@ -45,6 +45,24 @@ pub enum ReportError {
     Write(#[from] crate::artifact_store::StoreError),
 }
 
+/// Whether `name` is a file [`write`] writes: the page or one of its figures (so a job starting
+/// afresh can remove an earlier run's report).
+pub fn is_report_file(name: &str) -> bool {
+    let fixed = [
+        PAGE,
+        accuracy::Cost::Macs.file(),
+        accuracy::Cost::Energy.file(),
+        filters::FILE,
+        spikes::Measure::SpikeRate.file(),
+        spikes::Measure::Sops.file(),
+    ];
+    fixed.contains(&name)
+        || name
+            .strip_prefix("fronts_layer")
+            .and_then(|rest| rest.strip_suffix(".svg"))
+            .is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// What to draw beyond the results directory itself.
 #[derive(Debug, Clone, Default)]
 pub struct ReportOptions {

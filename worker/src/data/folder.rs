@@ -8,7 +8,9 @@
 //!   anything else is an error naming it;
 //! - all images share the size of the first one (an odd one is an error naming both files);
 //! - channels: 3 (RGB) if any image has colour, else 1 (grey); grey images in a colour set are
-//!   replicated to RGB, alpha is dropped. The rule depends on the set, not on file order.
+//!   replicated to RGB, alpha is dropped. The rule depends on the set, not on file order;
+//! - a file may decode to at most 1,024 times its size (at least 64 MiB, at most 512 MiB): a
+//!   header announcing a huge image over a few bytes is an error, not an allocation.
 //!
 //! Decoding runs on every core (`std::thread::scope`): the 50,000-image CIFAR-10 JPEG copy loads
 //! in seconds.
@@ -173,6 +175,22 @@ fn decode_all(files: &[(PathBuf, u32)]) -> Result<Vec<DynamicImage>, DataError> 
     Ok(images)
 }
 
+/// Most bytes the decoder may allocate for an image file of `file_len` bytes: what the file can
+/// plausibly expand to (deflate, inside PNG, expands at most 1032x; 1024x also covers real
+/// JPEGs), at least [`MIN_DECODE_BUDGET`] and at most [`MAX_DECODE_BUDGET`]. A forged header
+/// announcing a huge image over a few bytes is refused before its buffer is allocated.
+fn decode_budget(file_len: u64) -> u64 {
+    file_len
+        .saturating_mul(1024)
+        .clamp(MIN_DECODE_BUDGET, MAX_DECODE_BUDGET)
+}
+
+/// Budget of any image file, however small: 64 MiB (a 4,096 x 4,096 RGBA image).
+const MIN_DECODE_BUDGET: u64 = 64 << 20;
+
+/// Budget of the largest files: the `image` crate's own default, 512 MiB.
+const MAX_DECODE_BUDGET: u64 = 512 << 20;
+
 fn decode(path: &Path) -> Result<DynamicImage, DataError> {
     if path.is_dir() {
         return Err(DataError::NotAnImage {
@@ -185,9 +203,12 @@ fn decode(path: &Path) -> Result<DynamicImage, DataError> {
         path: path.to_path_buf(),
         reason,
     };
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(decode_budget(bytes.len() as u64));
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| not_image(e.to_string()))?;
+    reader.limits(limits);
     if reader.format().is_none() {
         return Err(not_image(
             "unrecognised format (expected PNG or JPEG)".to_string(),

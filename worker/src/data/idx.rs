@@ -81,6 +81,12 @@ pub fn load(images: &Path, labels: &Path, class_names: &[&str]) -> Result<ImageS
     let [count, height, width] = image_dims[..] else {
         return Err(DataError::corrupt(images, "expected 3 dimensions"));
     };
+    if height == 0 || width == 0 {
+        return Err(DataError::corrupt(
+            images,
+            format!("images of {height}x{width} pixels (expected at least 1x1)"),
+        ));
+    }
     if label_dims[0] != count {
         return Err(DataError::Inconsistent {
             path: labels.to_path_buf(),

@@ -50,6 +50,12 @@ pub fn load(path: &Path) -> Result<ImageSet, DataError> {
             ))
         }
     };
+    if height == 0 || width == 0 {
+        return Err(DataError::corrupt(
+            path,
+            format!("X has dimensions {:?}: images of zero pixels", x.dims),
+        ));
+    }
     let labels = labels(path, y, count)?;
 
     let plane = height * width;

@@ -1,16 +1,19 @@
 //! The worker's connection to its master: one gRPC channel carrying the `Coordinator` and
-//! `Artifacts` services, the shared-token header on every call, and chunked artifact transfer.
+//! `Artifacts` services, the shared-token header on every call, and chunked artifact transfer. The
+//! channel is TLS for an `https://` master (`ccsrp_proto::tls`); a failed TLS handshake is
+//! [`ClientError::Tls`], which retrying cannot fix.
 //!
 //! Artifacts move in chunks of [`CHUNK_BYTES`] (1 MiB), far below gRPC's 4 MiB message limit, and
 //! are checked against their sha256 on arrival; a download that does not hash to its name is an
 //! error, never cached.
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use ccsrp_proto::artifact_chunks::{chunks, sha256_hex, Assembler};
 use ccsrp_proto::auth::BearerToken;
+use ccsrp_proto::tls::{handshake_failure, ClientTls};
 use ccsrp_proto::v1::artifacts_client::ArtifactsClient;
 use ccsrp_proto::v1::coordinator_client::CoordinatorClient;
 use ccsrp_proto::v1::GetArtifactRequest;
@@ -29,6 +32,10 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error(transparent)]
+    TlsSettings(#[from] ccsrp_proto::tls::TlsError),
+    #[error("TLS with master {url}: {reason}")]
+    Tls { url: String, reason: String },
     #[error("{call}: {status}")]
     Rpc {
         call: &'static str,
@@ -57,20 +64,33 @@ pub struct MasterClient {
 }
 
 impl MasterClient {
-    /// Dials `url` (e.g. `http://127.0.0.1:50051`).
+    /// Dials `url` (e.g. `http://127.0.0.1:50051`) without TLS files (an `https://` URL trusts
+    /// the public web roots).
     pub async fn connect(url: &str, token: &BearerToken) -> Result<MasterClient, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| ClientError::BadUrl {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+        MasterClient::connect_with_tls(url, token, &ClientTls::none()).await
+    }
+
+    /// Dials `url` with `tls`: `https://` over TLS, `http://` plain.
+    pub async fn connect_with_tls(
+        url: &str,
+        token: &BearerToken,
+        tls: &ClientTls,
+    ) -> Result<MasterClient, ClientError> {
+        let endpoint = tls.endpoint(url)?;
         let channel = endpoint
             .connect_timeout(std::time::Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|source| ClientError::Connect {
-                url: url.to_string(),
-                source,
+            .map_err(|source| match handshake_failure(&source) {
+                Some(reason) => ClientError::Tls {
+                    url: url.to_string(),
+                    reason,
+                },
+                None => ClientError::Connect {
+                    url: url.to_string(),
+                    source,
+                },
             })?;
         Ok(MasterClient {
             coordinator: CoordinatorClient::with_interceptor(channel.clone(), token.clone()),

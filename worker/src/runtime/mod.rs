@@ -41,4 +41,6 @@ pub enum WorkerError {
     Device(String),
     #[error("worker bug: {0}")]
     Internal(String),
+    #[error("the worker is stopping: its task in progress was cancelled")]
+    Stopped,
 }

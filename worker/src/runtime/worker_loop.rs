@@ -5,9 +5,15 @@
 //! registration after an exponential backoff (0.2 s doubling to 5 s), and a finished result whose
 //! report failed is sent again once the master is back (the master drops it if the lease moved
 //! on: results are idempotent). Only a *refusal* ends the worker with an error: a wrong token, a
-//! protocol version or backend the job does not accept. Evaluation runs on a blocking thread while
+//! protocol version or backend the job does not accept, or a failed TLS handshake (the master's
+//! certificate not signed by the worker's `--tls-ca`, or the master refusing the worker's). Evaluation runs on a blocking thread while
 //! a heartbeat keeps the lease alive. A task that fails (an error, or a panic caught around it) is
 //! reported with its reason and the worker goes on; the master decides when a task is hopeless.
+//!
+//! Stopping: when the shutdown future resolves, the task in progress is cancelled ([`Cancel`]):
+//! its computation ends at its next batch, nothing is reported for it (a stopping worker's
+//! half-done task is neither a result nor a failure), and its lease expires so that another
+//! worker computes it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +28,8 @@ use ccsrp_proto::v1::{
 };
 use ccsrp_proto::PROTOCOL_VERSION;
 
+use crate::cancel::Cancel;
+
 use super::artifact_cache::ArtifactCache;
 use super::master_client::{ClientError, MasterClient};
 use super::tasks::{ArtifactIo, TaskExecutor};
@@ -34,6 +42,9 @@ pub struct WorkerOptions {
     pub master: String,
     /// The job's shared token, when it has one.
     pub token: Option<String>,
+    /// TLS files for an `https://` master (the CA that signed its certificate, a client
+    /// certificate for mutual TLS); none for a plain `http://` one.
+    pub tls: ccsrp_proto::tls::ClientTls,
     /// Where fetched artifacts are cached (content-addressed, shared across jobs).
     pub cache_dir: PathBuf,
     /// A local copy of the dataset; without it the worker loads the job's dataset spec as given
@@ -50,17 +61,20 @@ pub struct WorkerOptions {
 }
 
 /// Runs the worker until the master says the job is done (`Ok`), the master refuses the worker,
-/// `shutdown` resolves (`Ok`, leaving any leased task to expire and be re-run elsewhere), or the
-/// master stays unreachable for `give_up_after`.
+/// `shutdown` resolves (`Ok`, leaving any leased task to expire and be re-run elsewhere; its
+/// computation is cancelled and ends at its next batch), or the master stays unreachable for
+/// `give_up_after`.
 pub async fn run_worker(
     options: WorkerOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    let cancel = Cancel::new();
     tokio::pin!(shutdown);
     tokio::select! {
-        r = work(options) => r,
+        r = work(options, &cancel) => r,
         () = &mut shutdown => {
-            tracing::info!("worker shutting down");
+            cancel.cancel();
+            tracing::info!("worker shutting down: the task in progress stops at its next batch");
             Ok(())
         }
     }
@@ -78,7 +92,10 @@ fn backend_of(device: &str) -> &str {
 fn is_transient(e: &ClientError) -> bool {
     match e {
         ClientError::Connect { .. } => true,
-        ClientError::BadUrl { .. } | ClientError::Artifact { .. } => false,
+        ClientError::BadUrl { .. }
+        | ClientError::TlsSettings(_)
+        | ClientError::Tls { .. }
+        | ClientError::Artifact { .. } => false,
         ClientError::Rpc { status: s, .. } => matches!(
             s.code(),
             Code::Unavailable
@@ -149,7 +166,7 @@ async fn register(options: &WorkerOptions, cache: &ArtifactCache) -> Result<Sess
             reason: format!("shared token: {e}"),
         }
     })?;
-    let mut client = MasterClient::connect(&options.master, &token).await?;
+    let mut client = MasterClient::connect_with_tls(&options.master, &token, &options.tls).await?;
     let job = client
         .coordinator
         .register(RegisterRequest {
@@ -161,13 +178,38 @@ async fn register(options: &WorkerOptions, cache: &ArtifactCache) -> Result<Sess
             capacity: 1,
             artifacts: cache.names(),
         })
-        .await
-        .map_err(|status| ClientError::Rpc {
+        .await;
+    let job = match job {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => return Err(register_failure(options, status).await),
+    };
+    Ok(Session { client, job })
+}
+
+/// A refused `Register`, or a TLS failure: with TLS 1.3 a master that refuses this worker's
+/// certificate says so after the handshake, and the call sees only a closed connection, so a
+/// handshake of its own finds the master's reason.
+async fn register_failure(options: &WorkerOptions, status: tonic::Status) -> ClientError {
+    let mut reason = ccsrp_proto::tls::handshake_failure(&status);
+    if reason.is_none()
+        && options.tls.is_configured()
+        && matches!(
+            status.code(),
+            Code::Unknown | Code::Cancelled | Code::Unavailable
+        )
+    {
+        reason = options.tls.diagnose(&options.master).await;
+    }
+    match reason {
+        Some(reason) => ClientError::Tls {
+            url: options.master.clone(),
+            reason,
+        },
+        None => ClientError::Rpc {
             call: "Register",
             status,
-        })?
-        .into_inner();
-    Ok(Session { client, job })
+        },
+    }
 }
 
 /// Connects and registers, retrying transient failures with backoff.
@@ -194,7 +236,7 @@ async fn connect(
     }
 }
 
-async fn work(options: WorkerOptions) -> Result<(), WorkerError> {
+async fn work(options: WorkerOptions, cancel: &Cancel) -> Result<(), WorkerError> {
     let cache = ArtifactCache::open(&options.cache_dir)?;
     let mut backoff = Backoff::new(options.give_up_after);
     let mut session = connect(&options, &cache, &mut backoff).await?;
@@ -243,7 +285,7 @@ async fn work(options: WorkerOptions) -> Result<(), WorkerError> {
             LeaseState::NoWorkYet | LeaseState::Unspecified => continue,
         }
         for task in reply.tasks {
-            let result = execute(&options, &session, &cache, &executor, task).await?;
+            let result = execute(&options, &session, &cache, &executor, cancel, task).await?;
             if let Some(result) = result {
                 unreported = Some(result);
                 break;
@@ -303,12 +345,14 @@ async fn report(client: &mut MasterClient, result: TaskResult) -> Result<(), Cli
 /// Runs one task on a blocking thread while heartbeats keep its lease; the result to report. A
 /// task that fails (an error, or a panic caught here) is reported as a `TaskFailure` with the
 /// reason, quoted and cut short: the master re-issues it, and fails the job after
-/// `runtime.max_task_failures` failures of one task. The worker goes on with its next task.
+/// `runtime.max_task_failures` failures of one task. The worker goes on with its next task. A task
+/// cancelled by `cancel` is not reported at all: the worker is stopping ([`WorkerError::Stopped`]).
 async fn execute(
     options: &WorkerOptions,
     session: &Session,
     cache: &ArtifactCache,
     executor: &Arc<std::sync::Mutex<TaskExecutor>>,
+    cancel: &Cancel,
     task: Task,
 ) -> Result<Option<TaskResult>, WorkerError> {
     let task_id = task.task_id.clone();
@@ -323,7 +367,7 @@ async fn execute(
             task_ids: vec![task_id.clone()],
         };
         let every = Duration::from_millis(session.job.heartbeat_ms.clamp(100, 60_000));
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);
             ticker.tick().await;
             loop {
@@ -336,7 +380,7 @@ async fn execute(
                     Err(status) => tracing::warn!(error = %status, "heartbeat failed"),
                 }
             }
-        })
+        }))
     };
 
     let io = ArtifactIo::new(
@@ -345,11 +389,12 @@ async fn execute(
         tokio::runtime::Handle::current(),
     );
     let executor = Arc::clone(executor);
+    let compute_cancel = cancel.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut executor = executor.lock().map_err(|_| {
             WorkerError::Internal("task executor poisoned by an earlier panic".into())
         })?;
-        let run = catch_panic(|| executor.execute(&task, &io));
+        let run = compute_cancel.scope(|| catch_panic(|| executor.execute(&task, &io)));
         if run.is_err() {
             // What the task left half-built is not to be trusted: drop the caches.
             executor.forget_caches();
@@ -357,7 +402,11 @@ async fn execute(
         Ok::<_, WorkerError>(run)
     })
     .await;
-    heartbeat.abort();
+    drop(heartbeat);
+    if cancel.is_cancelled() {
+        tracing::info!(worker_id = %options.worker_id, task_id, "task cancelled: not reported");
+        return Err(WorkerError::Stopped);
+    }
     let outcome: Result<task_result::Outcome, String> = match outcome {
         Ok(Ok(Ok(r))) => r.map_err(|e| e.to_string()),
         Ok(Ok(Err(panic))) => Err(format!("panicked: {panic}")),
@@ -394,6 +443,16 @@ async fn execute(
                 })),
             }))
         }
+    }
+}
+
+/// A task's heartbeat: stopped when the task ends, and also when the worker's future is dropped
+/// in the middle of it (shutdown), so no heartbeat outlives its task.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
