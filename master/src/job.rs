@@ -144,6 +144,20 @@ struct State {
     last_boundary: Option<(Instant, u32)>,
 }
 
+impl State {
+    /// Marks a registered worker seen at `now`; NOT_REGISTERED (FAILED_PRECONDITION) for one
+    /// this master does not know.
+    fn mark_seen(&mut self, worker_id: &str, now: Instant) -> Result<(), Status> {
+        match self.workers.get_mut(worker_id) {
+            Some(info) => {
+                info.seen(now);
+                Ok(())
+            }
+            None => Err(not_registered(worker_id)),
+        }
+    }
+}
+
 /// Why a job failed: one task failed `runtime.max_task_failures` times (written to `failed.json`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct JobFailure {
@@ -500,10 +514,7 @@ impl Job {
         let now = Instant::now();
         let mut guard = self.lock();
         let st = &mut *guard;
-        match st.workers.get_mut(worker_id) {
-            Some(info) => info.seen(now),
-            None => return Err(not_registered(worker_id)),
-        }
+        st.mark_seen(worker_id, now)?;
         if let Err(stale) = st.leases.check_result(worker_id, &work.id, result.attempt) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(Taken::Dropped(stale));
@@ -579,10 +590,7 @@ impl Job {
         let now = Instant::now();
         let mut guard = self.lock();
         let st = &mut *guard;
-        match st.workers.get_mut(worker_id) {
-            Some(info) => info.seen(now),
-            None => return Err(not_registered(worker_id)),
-        }
+        st.mark_seen(worker_id, now)?;
         if st.failed.is_some() {
             return Ok(Taken::Failed(None));
         }
@@ -694,10 +702,7 @@ impl Job {
         let now = Instant::now();
         let mut st = self.lock();
         let st = &mut *st;
-        match st.workers.get_mut(worker_id) {
-            Some(info) => info.seen(now),
-            None => return Err(not_registered(worker_id)),
-        }
+        st.mark_seen(worker_id, now)?;
         let lost_task_ids = task_ids
             .iter()
             .filter(|id| {
