@@ -4,7 +4,7 @@
 //! message has an outcome, that artifact names are sha256s, that candidate ids parse. Counts,
 //! kinds and candidate sets are checked by `Engine::tell`.
 
-use ccsrp_proto::activity::{Activity, LayerActivity};
+use ccsrp_proto::activity::Activity;
 use ccsrp_proto::artifact_chunks::is_sha256_hex;
 use ccsrp_proto::v1::{self, task, task_result};
 
@@ -221,18 +221,7 @@ pub fn work_result(r: &v1::TaskResult) -> Result<WorkResult, WireError> {
                     fgsm: m.fgsm,
                     pgd: m.pgd,
                 },
-                activity: m.activity.as_ref().map(|a| Activity {
-                    images: a.images,
-                    layers: a
-                        .layers
-                        .iter()
-                        .map(|l| LayerActivity {
-                            neuron_steps: l.neuron_steps,
-                            spikes: l.spikes,
-                            sops: l.sops,
-                        })
-                        .collect(),
-                }),
+                activity: m.activity.as_ref().map(Activity::from),
             })
         }
         task_result::Outcome::AdversarialShard(a) => WorkOutput::AdversarialShard {

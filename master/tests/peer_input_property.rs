@@ -192,18 +192,7 @@ fn to_wire(result: &WorkResult, attempt: u32, store: &ArtifactStore) -> v1::Task
                 fgsm: m.validation.fgsm,
                 pgd: m.validation.pgd,
             }),
-            activity: m.activity.as_ref().map(|a| v1::Activity {
-                images: a.images,
-                layers: a
-                    .layers
-                    .iter()
-                    .map(|l| v1::LayerActivity {
-                        neuron_steps: l.neuron_steps,
-                        spikes: l.spikes,
-                        sops: l.sops,
-                    })
-                    .collect(),
-            }),
+            activity: m.activity.as_ref().map(v1::Activity::from),
         }),
         WorkOutput::AdversarialShard { artifact, samples } => {
             task_result::Outcome::AdversarialShard(v1::AdversarialShardResult {

@@ -37,6 +37,42 @@ pub struct Activity {
     pub layers: Vec<LayerActivity>,
 }
 
+/// The counts as they travel (`ccsrp.v1.Activity`, in `TestMetricsResult`).
+impl From<&Activity> for crate::v1::Activity {
+    fn from(a: &Activity) -> Self {
+        crate::v1::Activity {
+            images: a.images,
+            layers: a
+                .layers
+                .iter()
+                .map(|l| crate::v1::LayerActivity {
+                    neuron_steps: l.neuron_steps,
+                    spikes: l.spikes,
+                    sops: l.sops,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The counts as received; the engine checks them against the task (`ccsrp_master`).
+impl From<&crate::v1::Activity> for Activity {
+    fn from(a: &crate::v1::Activity) -> Self {
+        Activity {
+            images: a.images,
+            layers: a
+                .layers
+                .iter()
+                .map(|l| LayerActivity {
+                    neuron_steps: l.neuron_steps,
+                    spikes: l.spikes,
+                    sops: l.sops,
+                })
+                .collect(),
+        }
+    }
+}
+
 impl LayerActivity {
     /// Fraction of neurons firing per step.
     pub fn rate(&self) -> f64 {

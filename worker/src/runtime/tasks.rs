@@ -331,18 +331,7 @@ impl TaskExecutor {
             fgsm: counts.test.fgsm,
             pgd: counts.test.pgd,
             validation: Some(split(counts.validation)),
-            activity: Some(v1::Activity {
-                images: activity.images,
-                layers: activity
-                    .layers
-                    .iter()
-                    .map(|l| v1::LayerActivity {
-                        neuron_steps: l.neuron_steps,
-                        spikes: l.spikes,
-                        sops: l.sops,
-                    })
-                    .collect(),
-            }),
+            activity: Some((&activity).into()),
         }))
     }
 
