@@ -347,11 +347,7 @@ fn run_held_out(args: &EvalArgs, started: Instant) -> anyhow::Result<()> {
         val_size: 1,
         ..DatasetSpec::new(args.dataset, args.data_dir.clone())
     };
-    let test = dataset
-        .load()
-        .with_context(|| format!("--dataset {}", args.dataset))?
-        .test;
-    check_test_fits(args, &test, &model)?;
+    let test = load_test(args, &dataset, &model)?;
     let counts = ccsrp_worker::held_out::split_counts(
         &model,
         &test,
@@ -414,12 +410,16 @@ fn run_held_out(args: &EvalArgs, started: Instant) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks the test images fit the model: their shape and the number of classes.
-fn check_test_fits(
+/// The test images of `dataset`, checked to fit the model: their shape and the number of classes.
+fn load_test(
     args: &EvalArgs,
-    test: &ccsrp_worker::data::ImageSet,
+    dataset: &DatasetSpec,
     model: &SnnModel,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ccsrp_worker::data::ImageSet> {
+    let test = dataset
+        .load()
+        .with_context(|| format!("--dataset {}", args.dataset))?
+        .test;
     let input = model.spec().input;
     if (test.channels, test.height, test.width) != (input.channels, input.height, input.width) {
         anyhow::bail!(
@@ -443,7 +443,7 @@ fn check_test_fits(
             model.spec().classes()
         );
     }
-    Ok(())
+    Ok(test)
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
@@ -454,11 +454,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             "the attacks stop after their current batch, nothing is reported",
         )
     })?;
-    let result = signals.cancel().scope(|| measure_and_print(args));
-    match (result, signals.stopped()) {
-        (Err(_), Some(stopped)) => Err(stopped.into()),
-        (result, _) => result,
-    }
+    signals.run_cancellable(|| measure_and_print(args), None)
 }
 
 /// Measures what the flags ask for and prints the report.
@@ -515,11 +511,7 @@ fn evaluate(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         test_limit: args.limit,
         ..DatasetSpec::new(args.dataset, args.data_dir.clone())
     };
-    let test = dataset
-        .load()
-        .with_context(|| format!("--dataset {}", args.dataset))?
-        .test;
-    check_test_fits(args, &test, &model)?;
+    let test = load_test(args, &dataset, &model)?;
     let scope = if args.strong && !args.every_image {
         AttackScope::Survivors
     } else {

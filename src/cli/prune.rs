@@ -256,13 +256,10 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         )
     })?;
     let out = args.out.clone();
-    let result = signals.cancel().scope(|| prune_and_measure(args));
-    match (result, signals.stopped()) {
-        (Err(_), Some(stopped)) => Err(stopped
-            .then(format!("nothing was written to {}", out.display()))
-            .into()),
-        (result, _) => result,
-    }
+    signals.run_cancellable(
+        || prune_and_measure(args),
+        Some(format!("nothing was written to {}", out.display())),
+    )
 }
 
 /// Prunes, fine-tunes and measures; writes the model file and the summary once all is measured.

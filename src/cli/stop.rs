@@ -111,10 +111,24 @@ impl StopSignals {
         Ok(StopSignals { cancel, received })
     }
 
-    /// The token the first signal cancels: run the command's computation under it
-    /// ([`Cancel::scope`]).
-    pub fn cancel(&self) -> &Cancel {
-        &self.cancel
+    /// Runs a blocking command's `compute` under the token the first signal cancels
+    /// ([`Cancel::scope`]). When it fails after a signal came, the error is the stop
+    /// ([`Stopped`], followed by `next` where given, e.g. what was not written), not the
+    /// cancelled computation's.
+    pub fn run_cancellable<T>(
+        &self,
+        compute: impl FnOnce() -> anyhow::Result<T>,
+        next: Option<String>,
+    ) -> anyhow::Result<T> {
+        let result = self.cancel.scope(compute);
+        match (result, self.stopped()) {
+            (Err(_), Some(stopped)) => Err(match next {
+                Some(next) => stopped.then(next),
+                None => stopped,
+            }
+            .into()),
+            (result, _) => result,
+        }
     }
 
     /// The first signal, once it came.

@@ -136,13 +136,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     })?;
     let out = args.out.clone();
-    let result = signals.cancel().scope(|| train_model(args, &bar));
-    match (result, signals.stopped()) {
-        (Err(_), Some(stopped)) => Err(stopped
-            .then(format!("no model was written to {}", out.display()))
-            .into()),
-        (result, _) => result,
-    }
+    signals.run_cancellable(
+        || train_model(args, &bar),
+        Some(format!("no model was written to {}", out.display())),
+    )
 }
 
 /// Trains, tests and saves the model, reporting progress on `bar`.
