@@ -2,8 +2,9 @@
 # Build the `ccsrp` binary with candle's CUDA backend on a bare machine: no GPU, no CUDA install,
 # only the package registries (crates.io and PyPI).
 #
-#   scripts/build-cuda.sh                 # toolkit (if missing) + cargo build --release --features cuda
-#   scripts/build-cuda.sh --toolkit-only  # only assemble the CUDA toolkit from PyPI wheels
+#   scripts/build-cuda.sh                 # toolkit (if missing) + cargo build --release --features cuda,cudnn
+#   scripts/build-cuda.sh --toolkit-only  # only assemble the CUDA toolkit (with cuDNN) from PyPI wheels
+#   scripts/build-cuda.sh --no-cudnn      # without cuDNN: --features cuda (candle's own conv kernels)
 #
 # What it does:
 #   1. `cargo fetch`, so that cudarc's sources are on disk (its driver API list makes the link stub).
@@ -12,7 +13,9 @@
 #      link-time stub of the driver library (lib/stubs/libcuda.so). The stub is for the linker only:
 #      never ship it or put it on LD_LIBRARY_PATH; the real libcuda.so.1 comes with the NVIDIA driver.
 #      nvcc must be 13.0.x: a newer nvcc writes PTX that a CUDA 13.0 driver (580.x) refuses.
-#   3. `cargo build --release --features cuda` into its own target dir ($CARGO_TARGET_DIR, default
+#      cuDNN 9 (PyPI's nvidia-cudnn-cu13, about 700 MB more downloaded) goes to $CCSRP_CUDA_HOME/cudnn
+#      (headers, libcudnn.so.9); the build links it through CUDNN_LIB.
+#   3. `cargo build --release --features cuda,cudnn` into its own target dir ($CARGO_TARGET_DIR, default
 #      target/cuda) so it never invalidates the normal static builds, with RUSTFLAGS overriding the
 #      workspace's +crt-static (.cargo/config.toml): the CUDA libraries are shared objects and a static
 #      glibc binary cannot load them reliably.
@@ -32,11 +35,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 TOOLKIT_ONLY=0
+WITH_CUDNN=1
 for arg in "$@"; do
   case "$arg" in
     --toolkit-only) TOOLKIT_ONLY=1 ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) echo "build-cuda.sh: unknown argument '$arg' (expected --toolkit-only or --help)" >&2; exit 2 ;;
+    --no-cudnn) WITH_CUDNN=0 ;;
+    *) echo "build-cuda.sh: unknown argument '$arg' (expected --toolkit-only, --no-cudnn or --help)" >&2; exit 2 ;;
   esac
 done
 
@@ -51,6 +56,8 @@ WHEELS=(
   nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88
   nvidia-cublas==13.1.0.3 nvidia-curand==10.4.0.35
 )
+# cuDNN 9 for CUDA 13 (cudarc's bindings are cuDNN 9.x's API; the run-time library may be newer 9.x).
+CUDNN_WHEEL=nvidia-cudnn-cu13==9.13.0.50
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "build-cuda.sh: '$1' not found on PATH ($2)" >&2; exit 2; }; }
 need cargo "install Rust: https://rustup.rs"
@@ -128,6 +135,33 @@ assemble_toolkit() {
   echo "$STAMP_TEXT" > "$CUDA_PREFIX/.ccsrp-stamp"
 }
 
+# cuDNN headers and library under $CUDA_PREFIX/cudnn (include/, lib/libcudnn.so.9 + libcudnn.so).
+cudnn_ready() {
+  [ -f "$CUDA_PREFIX/cudnn/include/cudnn_version.h" ] && [ -f "$CUDA_PREFIX/cudnn/lib/libcudnn.so.9" ] \
+    && [ "$(cat "$CUDA_PREFIX/cudnn/.ccsrp-stamp" 2>/dev/null)" = "$CUDNN_WHEEL" ]
+}
+
+assemble_cudnn() {
+  local tmp whl
+  mkdir -p "$WHEELDIR"
+  step "downloading cuDNN ($CUDNN_WHEEL) into $WHEELDIR"
+  pip_download "$CUDNN_WHEEL"
+  whl="$(wheel_file "$CUDNN_WHEEL")"
+  [ -n "$whl" ] || { echo "build-cuda.sh: wheel for $CUDNN_WHEEL missing in $WHEELDIR after download" >&2; exit 2; }
+  tmp="$(mktemp -d)"
+  unzip -q -o "$whl" 'nvidia/cudnn/*' -d "$tmp"
+  [ -f "$tmp/nvidia/cudnn/lib/libcudnn.so.9" ] || { echo "build-cuda.sh: $whl has no nvidia/cudnn/lib/libcudnn.so.9 (unexpected wheel layout)" >&2; exit 2; }
+  rm -rf "$CUDA_PREFIX/cudnn"
+  mkdir -p "$CUDA_PREFIX/cudnn/lib" "$CUDA_PREFIX/cudnn/include"
+  cp "$tmp"/nvidia/cudnn/include/*.h "$CUDA_PREFIX/cudnn/include/"
+  # libcudnn.so.9 is the dispatcher the binary links; it loads the engine libraries
+  # (libcudnn_{graph,ops,cnn,engines_*,heuristic,adv}.so.9) at run time: keep them beside it.
+  cp -P "$tmp"/nvidia/cudnn/lib/libcudnn*.so.9 "$CUDA_PREFIX/cudnn/lib/"
+  ln -sfn libcudnn.so.9 "$CUDA_PREFIX/cudnn/lib/libcudnn.so"
+  rm -rf "$tmp"
+  echo "$CUDNN_WHEEL" > "$CUDA_PREFIX/cudnn/.ccsrp-stamp"
+}
+
 step "cargo fetch (cudarc's sources)"
 cargo fetch
 
@@ -137,6 +171,14 @@ else
   assemble_toolkit
 fi
 "$CUDA_PREFIX/bin/nvcc" --version | tail -n2
+if [ "$WITH_CUDNN" = 1 ]; then
+  if cudnn_ready; then
+    step "cuDNN already at $CUDA_PREFIX/cudnn"
+  else
+    assemble_cudnn
+  fi
+  grep -E '^#define CUDNN_(MAJOR|MINOR|PATCHLEVEL) ' "$CUDA_PREFIX/cudnn/include/cudnn_version.h" | awk '{printf "%s=%s ", $2, $3} END {print ""}'
+fi
 [ "$TOOLKIT_ONLY" = 1 ] && { echo "CUDA toolkit ready at $CUDA_PREFIX"; exit 0; }
 
 export CUDA_HOME="$CUDA_PREFIX" CUDA_PATH="$CUDA_PREFIX" PATH="$CUDA_PREFIX/bin:$PATH"
@@ -148,6 +190,12 @@ export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:---compress-mode=size}"
 # Dynamic glibc: overrides target.x86_64-unknown-linux-gnu.rustflags (+crt-static) in .cargo/config.toml.
 export RUSTFLAGS="-C target-feature=-crt-static"
 FEATURES=cuda
+if [ "$WITH_CUDNN" = 1 ]; then
+  FEATURES=cuda,cudnn
+  # cudarc's build script links libcudnn from $CUDNN_LIB/lib and reads its version header through
+  # CUDNN_PATH/include.
+  export CUDNN_LIB="$CUDA_PREFIX/cudnn" CUDNN_PATH="$CUDA_PREFIX/cudnn"
+fi
 
 step "cargo build --release --features '$FEATURES' (target dir $CARGO_TARGET_DIR; from clean: 6+ minutes on 2 idle cores)"
 start=$(date +%s)
@@ -171,6 +219,9 @@ cat <<EOF
 
 At run time: libcuda.so.1 comes from the NVIDIA driver (CUDA 13.0 or newer: driver 580+); libcublas.so.13
 (with its libcublasLt.so.13), libcurand.so.10 and libcudart.so.13 from a CUDA 13 install or pip's
-nvidia-* packages; point LD_LIBRARY_PATH at them if they are not on the default path.
+nvidia-* packages; with cuDNN (features $FEATURES): libcudnn.so.9 and the engine libraries it loads
+(libcudnn_graph, _ops, _cnn, _engines_precompiled, _engines_runtime_compiled, _heuristic .so.9) from
+cuDNN 9 for CUDA 13 (pip's nvidia-cudnn-cu13, or $CUDA_PREFIX/cudnn/lib). Point LD_LIBRARY_PATH at
+them if they are not on the default path.
 Never put $CUDA_PREFIX/lib/stubs on LD_LIBRARY_PATH. See docs/gpu.md.
 EOF
