@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check: correctness (the same model and shard on the CPU and on the GPU) and timings (clean
-# forward of VGG-11, T=8, on 1,000 CIFAR-size images; one candidate; white-box PGD-7) in one run,
-# printed as markdown tables with the reference numbers. Unattended; under 5 minutes on an H200.
+# The GPU check, in one run, printed as markdown tables: the new GPU kernels against the CPU (fused
+# LIF forward/backward against their CPU twin, the conv value and gradients against candle's CPU
+# conv2d); correctness (the same VGG-11 and shard on the CPU and on the GPU: logits, clean and
+# adversarial counts, differing predictions, input gradient); timings (VGG-11, T=8, 1,000 CIFAR-size
+# images: clean forward, PGD-7, one candidate whole and through the prefix cache, one training step)
+# beside the H200 reference numbers and issue 14's targets. Unattended; under 5 minutes on an H200.
 #
 #   scripts/build-cuda.sh                  # builds the check program (worker example gpu_check)
 #   bench/gpu-check.sh                     # on the GPU machine
@@ -86,6 +89,8 @@ if [ -n "$needed" ]; then
     exit 2
   fi
   ldd "$BIN" | grep -E 'cuda|cublas|curand|nvrtc|cudnn' >&2
+  # libcudnn.so.9 loads its engine libraries (libcudnn_cnn.so.9, ...) by name at run time: they must
+  # sit beside it or on LD_LIBRARY_PATH too.
 fi
 
 mkdir -p "$(dirname "$OUT_FILE")"

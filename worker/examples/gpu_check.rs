@@ -1,17 +1,27 @@
 //! The GPU check: is the SNN engine right on a device, and how fast is it there?
 //!
 //! Run by `bench/gpu-check.sh` (which finds the CUDA libraries) from the `cuda` build
-//! (`scripts/build-cuda.sh`). Prints two markdown tables:
+//! (`scripts/build-cuda.sh`). Prints three markdown tables:
 //!
+//! 0. Kernels: each new GPU kernel against its CPU counterpart, on random data of real layer sizes:
+//!    the fused LIF forward (spikes that differ from the CPU twin, `lif_kernel`) and backward
+//!    (relative error of the current's gradient), for both drives, with and without the folded
+//!    batch norm, every surrogate; the convolution of `conv_grad` (forward value, input gradient as a
+//!    forward convolution, weight gradient as one matrix multiply per tap) against candle's CPU
+//!    `conv2d` and its autograd.
 //! 1. Correctness: one model and one shard evaluated on `--device` and on `--reference-device`
 //!    (the CPU): the logits' relative error, correct counts clean and on the same u8 adversarial
 //!    images (PGD-7 made once on `--device`), how many predictions differ, and the relative error of
 //!    the input gradient the attacks follow. The counts are the fitness objectives, so this is how
 //!    far a CPU job and a GPU job can disagree.
 //! 2. Timings on `--device`, in one run, beside the reference numbers measured on an H200
-//!    (spikingjelly 2.0 and plain PyTorch, fp32): the clean forward of 1,000 CIFAR-size images; one
-//!    candidate (clean + shared-adversarial correct counts on that shard, from u8 images as a worker
-//!    scores them); white-box PGD-7 on the shard.
+//!    (spikingjelly 2.0 and plain PyTorch, fp32) and issue 14's targets for one H200: the clean
+//!    forward of 1,000 CIFAR-size images (target <= 15 ms); white-box PGD-7 on the shard (<= 0.5 s);
+//!    one candidate (clean + shared-adversarial correct counts on that shard, from u8 images as a
+//!    worker scores them) run through the whole network, and through the prefix cache as a worker
+//!    does it (layer inputs of both image sets kept on the device, the network run from
+//!    `--candidate-layer` on; <= 20 ms); one training step (`--train-batch` clean images: forward
+//!    with batch statistics, backward, SGD update; no reference figure).
 //!
 //! The model is a seeded VGG-11 (T=8) with fresh weights unless `--model FILE` names a trained one;
 //! the images are the built-in synthetic CIFAR-size set, so the check needs no data files. The run
@@ -25,14 +35,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use candle_core::Var;
 use candle_core::{Device, Tensor, D};
 use ccsrp_worker::arch::{Architecture, InputShape};
 use ccsrp_worker::attack::{self, AttackParams};
+use ccsrp_worker::conv_grad;
 use ccsrp_worker::data::synthetic::{self, SyntheticSplit};
 use ccsrp_worker::data::ImageSet;
 use ccsrp_worker::device::{device_name, parse_device};
+use ccsrp_worker::lif::{ChannelAffine, Drive, Lif, LifParams, SurrogateKind};
+use ccsrp_worker::lif_kernel::{self, LifKernelArgs};
 use ccsrp_worker::model::{images_to_tensor, ModelSpec, Normalisation, SnnModel};
-use rand::SeedableRng;
+use ccsrp_worker::train::{self, TrainConfig};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 type BoxError = Box<dyn std::error::Error>;
@@ -50,23 +65,53 @@ usage: gpu_check [OPTIONS]
   --reference-images N     images of the correctness shard (they run on the reference device too)
                                                                         [default: 256]
   --batch B                images per forward/attack call               [default: 1000]
+  --candidate-layer L      the prefix-cache candidate runs layers L.. [default: half the layers]
+  --train-batch N          images of the timed training step            [default: 128]
   --repeats R              timed runs per step after one warm-up        [default: 5]
   --budget-s S             seconds the whole check may take: the timed repeats shrink to fit
                                                                         [default: 240]
   --seed S                 seed of the weights, the images and PGD's random start [default: 0]
   -h, --help               this text";
 
-/// Reference timings on one H200 (fp32, VGG-11, T=8, 1,000 CIFAR-size images), in seconds:
-/// (step, spikingjelly 2.0, plain PyTorch).
-const REFERENCE: [(&str, f64, f64); 3] = [
-    ("clean forward", 0.033, 0.054),
-    (
-        "one candidate (clean + shared-adversarial correct counts)",
-        0.066,
-        0.108,
-    ),
-    ("white-box PGD-7 (eps 8/255, step 2/255)", 0.53, 1.19),
-];
+/// A timed step: its name, the reference timings on one H200 (fp32, VGG-11, T=8, 1,000 CIFAR-size
+/// images; spikingjelly 2.0, plain PyTorch) and issue 14's target there, in seconds.
+struct Step {
+    name: &'static str,
+    spikingjelly: Option<f64>,
+    torch: Option<f64>,
+    target: Option<f64>,
+}
+
+const CLEAN: Step = Step {
+    name: "clean forward",
+    spikingjelly: Some(0.033),
+    torch: Some(0.054),
+    target: Some(0.015),
+};
+const PGD7: Step = Step {
+    name: "white-box PGD-7 (eps 8/255, step 2/255)",
+    spikingjelly: Some(0.53),
+    torch: Some(1.19),
+    target: Some(0.5),
+};
+const CANDIDATE_WHOLE: Step = Step {
+    name: "one candidate, whole network (clean + shared-adversarial correct counts)",
+    spikingjelly: Some(0.066),
+    torch: Some(0.108),
+    target: None,
+};
+const CANDIDATE_PREFIX: Step = Step {
+    name: "one candidate through the prefix cache",
+    spikingjelly: Some(0.066),
+    torch: Some(0.108),
+    target: Some(0.020),
+};
+const TRAIN_STEP: Step = Step {
+    name: "one training step",
+    spikingjelly: None,
+    torch: None,
+    target: None,
+};
 
 struct Options {
     device: String,
@@ -77,6 +122,8 @@ struct Options {
     images: usize,
     reference_images: usize,
     batch: usize,
+    candidate_layer: Option<usize>,
+    train_batch: usize,
     repeats: usize,
     budget: Duration,
     seed: u64,
@@ -93,6 +140,8 @@ impl Default for Options {
             images: 1000,
             reference_images: 256,
             batch: 1000,
+            candidate_layer: None,
+            train_batch: 128,
             repeats: 5,
             budget: Duration::from_secs(240),
             seed: 0,
@@ -129,6 +178,8 @@ fn parse_options(args: impl IntoIterator<Item = String>) -> Result<Option<Option
             "--images" => o.images = number(&flag, &value, 1)?,
             "--reference-images" => o.reference_images = number(&flag, &value, 1)?,
             "--batch" => o.batch = number(&flag, &value, 1)?,
+            "--candidate-layer" => o.candidate_layer = Some(number(&flag, &value, 0)?),
+            "--train-batch" => o.train_batch = number(&flag, &value, 1)?,
             "--repeats" => o.repeats = number(&flag, &value, 0)?,
             "--budget-s" => o.budget = Duration::from_secs_f64(number(&flag, &value, 0.0)?),
             "--seed" => o.seed = number(&flag, &value, 0)?,
@@ -316,6 +367,143 @@ fn format_secs(s: f64) -> String {
     }
 }
 
+/// Uniform random f32 values in `range`.
+fn random_values(n: usize, range: std::ops::Range<f32>, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(range.clone())).collect()
+}
+
+/// A tensor's values on the host.
+fn host(t: &Tensor) -> Result<Vec<f32>, BoxError> {
+    Ok(t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// The fused LIF kernels on `device` against the CPU twin of lif.cu (`lif_kernel`), on one layer of
+/// `[T*B, 64, 16, 16]` neurons: table rows (kernel, case, result).
+fn lif_kernel_rows(device: &Device, seed: u64) -> Result<Vec<[String; 3]>, BoxError> {
+    let (t, b, c, h, w) = (8usize, 4usize, 64usize, 16usize, 16usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rows = Vec::new();
+    let cases = [
+        (Drive::EveryStep, true, SurrogateKind::Sigmoid),
+        (Drive::EveryStep, false, SurrogateKind::Atan),
+        (Drive::Constant, true, SurrogateKind::Triangle),
+        (Drive::Constant, false, SurrogateKind::Sigmoid),
+    ];
+    for (drive, with_affine, surrogate) in cases {
+        let params = LifParams {
+            surrogate,
+            alpha: surrogate.default_alpha(),
+            ..LifParams::default()
+        };
+        let lif = Lif::new(params, t)?;
+        let in_rows = if drive == Drive::Constant { b } else { t * b };
+        let dims = [in_rows, c, h, w];
+        let xs = random_values(in_rows * c * h * w, -1.0..3.0, &mut rng);
+        let gs = random_values(t * b * c * h * w, -1.0..1.0, &mut rng);
+        let scale = random_values(c, 0.2..2.0, &mut rng);
+        let shift = random_values(c, -0.5..0.5, &mut rng);
+        let x = Var::from_tensor(&Tensor::from_slice(&xs, &dims[..], device)?)?;
+        let g = Tensor::from_slice(&gs, (t * b, c, h, w), device)?;
+        let spikes = if with_affine {
+            let affine = ChannelAffine {
+                scale: Tensor::from_slice(&scale, c, device)?,
+                shift: Tensor::from_slice(&shift, c, device)?,
+            };
+            lif.forward_affine_const(x.as_tensor(), drive, &affine)?
+        } else {
+            lif.forward(x.as_tensor(), drive)?
+        };
+        let grads = spikes.mul(&g)?.sum_all()?.backward()?;
+        let grad = grads
+            .get(x.as_tensor())
+            .ok_or("the LIF op gave no gradient for its input")?;
+        let (spikes, grad) = (host(&spikes)?, host(grad)?);
+        let args = LifKernelArgs::new(&lif, drive, with_affine.then_some((c, c)), &dims)?;
+        let host_affine = with_affine.then_some((&scale[..], &shift[..]));
+        let twin_spikes = lif_kernel::forward_twin(&args, host_affine, &xs)?;
+        let twin_grad = lif_kernel::backward_twin(&args, host_affine, &xs, &gs)?;
+        let case = format!(
+            "{}, {}, {surrogate}, [{}, {c}, {h}, {w}]",
+            if drive == Drive::Constant {
+                "constant drive"
+            } else {
+                "every step"
+            },
+            if with_affine {
+                "folded batch norm"
+            } else {
+                "no affine"
+            },
+            in_rows
+        );
+        let differ = differing_values(&spikes, &twin_spikes);
+        let fired = twin_spikes.iter().filter(|&&v| v == 1.0).count();
+        rows.push([
+            "fused LIF forward".into(),
+            case.clone(),
+            format!(
+                "{differ} of {} spikes differ from the CPU twin ({fired} fired)",
+                twin_spikes.len()
+            ),
+        ]);
+        let (max, l2) = relative_errors(&grad, &twin_grad);
+        rows.push([
+            "fused LIF backward (BPTT)".into(),
+            case,
+            format!("gradient vs CPU twin: max {max:.2e}, relative L2 {l2:.2e}"),
+        ]);
+    }
+    Ok(rows)
+}
+
+fn differing_values(a: &[f32], b: &[f32]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x != y).count() + a.len().abs_diff(b.len())
+}
+
+/// `conv_grad`'s convolution on `device` (value, input gradient as a forward convolution, weight
+/// gradient as one matrix multiply per tap) against candle's `conv2d` and its autograd on the CPU.
+fn conv_rows(device: &Device, seed: u64) -> Result<Vec<[String; 3]>, BoxError> {
+    let (n, c, o, hw) = (16usize, 64usize, 64usize, 32usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let xs = random_values(n * c * hw * hw, 0.0..1.0, &mut rng);
+    let ws = random_values(o * c * 9, -0.1..0.1, &mut rng);
+    let gs = random_values(n * o * hw * hw, -1.0..1.0, &mut rng);
+    let run = |dev: &Device, ours: bool| -> Result<[Vec<f32>; 3], BoxError> {
+        let x = Var::from_tensor(&Tensor::from_slice(&xs, (n, c, hw, hw), dev)?)?;
+        let w = Var::from_tensor(&Tensor::from_slice(&ws, (o, c, 3, 3), dev)?)?;
+        let g = Tensor::from_slice(&gs, (n, o, hw, hw), dev)?;
+        let y = if ours {
+            conv_grad::conv_same(x.as_tensor(), w.as_tensor(), true)?
+        } else {
+            x.as_tensor().conv2d(w.as_tensor(), 1, 1, 1, 1)?
+        };
+        let grads = y.mul(&g)?.sum_all()?.backward()?;
+        let gx = grads.get(x.as_tensor()).ok_or("no input gradient")?;
+        let gw = grads.get(w.as_tensor()).ok_or("no weight gradient")?;
+        Ok([host(&y)?, host(gx)?, host(gw)?])
+    };
+    let ours = run(device, true)?;
+    let reference = run(&Device::Cpu, false)?;
+    let case = format!("[{n}, {c}, {hw}, {hw}] -> {o}, 3x3, padding 1");
+    let names = [
+        "convolution forward",
+        "conv input gradient (forward conv, flipped kernel)",
+        "conv weight gradient (a matmul per tap)",
+    ];
+    Ok(names
+        .iter()
+        .zip(ours.iter().zip(&reference))
+        .map(|(name, (a, b))| {
+            let (max, l2) = relative_errors(a, b);
+            [
+                (*name).to_string(),
+                case.clone(),
+                format!("vs candle conv2d on the CPU: max {max:.2e}, relative L2 {l2:.2e}"),
+            ]
+        })
+        .collect())
+}
+
 fn build_model(o: &Options, device: &Device, images: &ImageSet) -> Result<SnnModel, BoxError> {
     if let Some(path) = &o.model {
         return Ok(SnnModel::load(path, device)?);
@@ -362,6 +550,25 @@ fn run(o: &Options) -> Result<(), BoxError> {
     };
     let arch = spec.architecture.to_string();
     let t = spec.timesteps;
+
+    // 0. The kernels, each against its CPU counterpart.
+    println!("## Kernels: {dev_name} against the CPU");
+    println!();
+    println!(
+        "Random data of real layer sizes. The fused LIF forward must give exactly the CPU twin's \
+         spikes; the gradients agree to float rounding (the GPU's expf, cuDNN's and cuBLAS's \
+         summation orders and TF32-like arithmetic)."
+    );
+    println!();
+    println!("| kernel | case | result |");
+    println!("|---|---|---|");
+    for [kernel, case, result] in lif_kernel_rows(&device, o.seed)?
+        .into_iter()
+        .chain(conv_rows(&device, o.seed)?)
+    {
+        println!("| {kernel} | {case} | {result} |");
+    }
+    println!();
 
     // 1. Correctness: every quantity from the same weights and the same images on both devices.
     let n_ref = o.reference_images;
@@ -425,33 +632,45 @@ fn run(o: &Options) -> Result<(), BoxError> {
     // (its warm-up makes the shared adversarial set the candidate is scored on), one candidate.
     let n = o.images;
     let share = |steps_left: u32| o.budget.saturating_sub(started.elapsed()) / steps_left;
+    let layers = model.num_layers();
+    let candidate_layer = o.candidate_layer.unwrap_or(layers / 2);
+    if candidate_layer >= layers {
+        return Err(format!(
+            "--candidate-layer {candidate_layer}: the model has layers 0..{}",
+            layers - 1
+        )
+        .into());
+    }
     println!("## Timings on {dev_name} (fp32)");
     println!();
     println!(
         "{arch}, T={t}, {n} synthetic 3x32x32 images in batches of {}; median of the timed runs \
-         after one warm-up. Reference columns: one H200, the same network.",
+         after one warm-up. Reference columns: one H200, the same network; target: issue 14's, on \
+         one H200.",
         o.batch.min(n)
     );
     println!();
-    println!("| step | ccsrp | runs | spikingjelly 2.0 | PyTorch eager | ccsrp / spikingjelly |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| step | ccsrp | runs | spikingjelly 2.0 | PyTorch eager | target (H200) | ccsrp / spikingjelly |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     let pixels: Vec<Tensor> = chunks(0..n, o.batch)
         .map(|r| images_to_tensor(&images, r, &device))
         .collect::<Result<_, _>>()?;
-    let clean = Timing::measure(&device, o.repeats, share(3), || {
+    let clean = Timing::measure(&device, o.repeats, share(5), || {
         for x in &pixels {
             model.forward_eval(x)?;
         }
         Ok(())
     })?;
-    print_row(&REFERENCE[0], &clean);
+    print_row(&CLEAN, &clean, "");
 
     let labels_dev: Vec<Tensor> = chunks(0..n, o.batch)
         .map(|r| Tensor::from_slice(&images.labels[r.clone()], r.len(), &device))
         .collect::<Result<_, _>>()?;
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     let mut adv_set: Option<ImageSet> = None;
-    let pgd = Timing::measure(&device, o.repeats, share(2), || {
+    let pgd = Timing::measure(&device, o.repeats, share(4), || {
         let mut bytes = Vec::with_capacity(n * images.image_bytes());
         for (x, y) in pixels.iter().zip(&labels_dev) {
             let adv = attack::attack(&model, x, y, &AttackParams::default(), &mut rng)?;
@@ -468,22 +687,88 @@ fn run(o: &Options) -> Result<(), BoxError> {
         }
         Ok(())
     })?;
-    print_row(&REFERENCE[2], &pgd);
+    print_row(&PGD7, &pgd, "");
     drop((pixels, labels_dev));
 
     let adv_set = adv_set.ok_or("PGD made no adversarial images")?;
     let mut counts = (0, 0);
-    let candidate = Timing::measure(&device, o.repeats, share(1), || {
+    let candidate = Timing::measure(&device, o.repeats, share(3), || {
         counts = (
             correct(&predictions(&model, &images, n, o.batch)?, &images.labels),
             correct(&predictions(&model, &adv_set, n, o.batch)?, &adv_set.labels),
         );
         Ok(())
     })?;
-    print_row(&REFERENCE[1], &candidate);
+    print_row(&CANDIDATE_WHOLE, &candidate, "");
+
+    // The prefix cache as a worker keeps it: what enters layer L for both image sets, on the
+    // device; a layer-L candidate runs layers L.. on it (here the unpruned network itself).
+    let cached = |set: &ImageSet| -> Result<Vec<(Tensor, std::ops::Range<usize>)>, BoxError> {
+        chunks(0..n, o.batch)
+            .map(|r| {
+                let x = images_to_tensor(set, r.clone(), &device)?;
+                let mut inputs = model.layer_inputs(&x)?;
+                Ok((inputs.swap_remove(candidate_layer), r))
+            })
+            .collect()
+    };
+    let (clean_cache, adv_cache) = (cached(&images)?, cached(&adv_set)?);
+    let mut prefix_counts = (0, 0);
+    let score =
+        |cache: &[(Tensor, std::ops::Range<usize>)], labels: &[u32]| -> Result<u64, BoxError> {
+            let mut right = 0;
+            for (input, r) in cache {
+                let classes = model
+                    .forward_from(candidate_layer, input)?
+                    .argmax(D::Minus1)?
+                    .to_vec1::<u32>()?;
+                right += correct(&classes, &labels[r.clone()]);
+            }
+            Ok(right)
+        };
+    let prefix = Timing::measure(&device, o.repeats, share(2), || {
+        prefix_counts = (
+            score(&clean_cache, &images.labels)?,
+            score(&adv_cache, &adv_set.labels)?,
+        );
+        Ok(())
+    })?;
+    print_row(
+        &CANDIDATE_PREFIX,
+        &prefix,
+        &format!(" (layers {candidate_layer}..{layers})"),
+    );
+    drop((clean_cache, adv_cache));
+    let prefix_note = if prefix_counts == counts {
+        "the same through the prefix cache".to_string()
+    } else {
+        format!(
+            "MISMATCH: through the prefix cache {}/{n} clean and {}/{n} adversarial; the cache \
+             must not change a count",
+            prefix_counts.0, prefix_counts.1
+        )
+    };
+    // One training step: a worker's fine-tuning step without the adversarial half (clean images,
+    // no augmentation), on a copy of the model.
+    let train_n = o.train_batch.min(n);
+    let train_set = images.slice(0..train_n);
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: train_n,
+        augment: false,
+        adversarial: AttackParams::none(),
+        ..TrainConfig::default()
+    };
+    let mut student = model.try_clone()?;
+    let training = Timing::measure(&device, o.repeats, share(1), || {
+        train::train(&mut student, &train_set, &config, &mut |_| {})?;
+        Ok(())
+    })?;
+    print_row(&TRAIN_STEP, &training, &format!(" ({train_n} images, SGD)"));
     println!();
     println!(
-        "The candidate scored {}/{n} clean and {}/{n} adversarial; the whole check took {}.",
+        "The candidate scored {}/{n} clean and {}/{n} adversarial ({prefix_note}); the whole \
+         check took {}.",
         counts.0,
         counts.1,
         format_secs(started.elapsed().as_secs_f64())
@@ -491,16 +776,27 @@ fn run(o: &Options) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// One row of the timings table: our median beside the reference step's numbers.
-fn print_row((name, spikingjelly, torch): &(&str, f64, f64), timing: &Timing) {
+/// One row of the timings table: our median beside the reference step's numbers and the target.
+fn print_row(step: &Step, timing: &Timing, detail: &str) {
     let ours = timing.median().as_secs_f64();
+    let or_dash = |v: Option<f64>| v.map_or("-".to_string(), format_secs);
+    let target = match step.target {
+        Some(target) => format!(
+            "<= {} ({})",
+            format_secs(target),
+            if ours <= target { "met" } else { "not met" }
+        ),
+        None => "-".into(),
+    };
     println!(
-        "| {name} | {} | {} | {} | {} | {:.1}x |",
+        "| {}{detail} | {} | {} | {} | {} | {target} | {} |",
+        step.name,
         format_secs(ours),
         timing.describe_runs(),
-        format_secs(*spikingjelly),
-        format_secs(*torch),
-        ours / spikingjelly
+        or_dash(step.spikingjelly),
+        or_dash(step.torch),
+        step.spikingjelly
+            .map_or("-".to_string(), |sj| format!("{:.1}x", ours / sj)),
     );
 }
 

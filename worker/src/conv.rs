@@ -9,6 +9,11 @@
 //! The attacks' convolution ([`conv3x3_input_grad`]) instead runs on the fixed-order kernels of
 //! [`crate::event_conv`] both ways (its backward is the convolution of the output gradient with
 //! the flipped, transposed kernel), as does inference (`SnnModel::run_inference`).
+//!
+//! On a CUDA device the differentiable convolutions ([`conv3x3_graph`], [`conv3x3_input_grad`])
+//! go through [`crate::conv_grad::conv_same`]: candle's (cuDNN) forward with gradients made of a
+//! forward convolution (input) and one matrix multiply per tap (weights), instead of candle's slow
+//! transposed-convolution and direct weight-gradient kernels.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -27,10 +32,21 @@ pub(crate) fn conv3x3(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 /// `conv2d(x, w, padding 1, stride 1)` with an autograd graph: im2col (whose backward is col2im)
 /// and a matrix multiply, so backward passes also run on gemm.
 pub(crate) fn conv3x3_graph(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if forward_grads_apply(x, w)? {
+        return crate::conv_grad::conv_same(x, w, true);
+    }
     if !im2col_applies(x, w)? {
         return x.conv2d(w, 1, 1, 1, 1);
     }
     im2col_conv(x, w, true)
+}
+
+/// Whether [`crate::conv_grad::conv_same`] serves `x` and `w`: a CUDA tensor and a 3x3 kernel
+/// over its channels (padding 1 is then its "same" padding).
+fn forward_grads_apply(x: &Tensor, w: &Tensor) -> candle_core::Result<bool> {
+    let (_, c, _, _) = x.dims4()?;
+    let (_, cin, kh, kw) = w.dims4()?;
+    Ok(x.device().is_cuda() && (cin, kh, kw) == (c, 3, 3))
 }
 
 /// Whether the im2col path serves `x` and `w`: a CPU tensor and a 3x3 kernel over its channels.
@@ -61,6 +77,9 @@ fn im2col_conv(x: &Tensor, w: &Tensor, graph: bool) -> candle_core::Result<Tenso
 /// attacks: the backward pass is `col2im(wᵀ · dy)`. (Through [`conv3x3_graph`], candle's matmul
 /// backward would also compute the weight gradient, a second gemm as large as the forward one.)
 pub(crate) fn conv3x3_input_grad(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if forward_grads_apply(x, w)? {
+        return crate::conv_grad::conv_same(x, w, false);
+    }
     if !im2col_applies(x, w)? {
         return x.conv2d(&w.detach(), 1, 1, 1, 1);
     }

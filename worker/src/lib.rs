@@ -3,6 +3,8 @@
 //! The SNN, bottom up:
 //! - [`lif`]: multi-step LIF neurons (spikingjelly-compatible), differentiable with surrogate
 //!   gradients, plus a fused no-graph path for inference.
+//! - [`lif_kernel`]: the fused LIF GPU kernels' arguments and their CPU twin (the kernels,
+//!   `worker/cuda/lif.cu`, are launched by `lif_cuda` in a `cuda` build).
 //! - [`arch`]: VGG-style architectures from `"64,M,128,M"` strings and presets, with their geometry.
 //! - [`model`]: [`model::ModelSpec`] and [`model::SnnModel`]: init, training/eval forward passes,
 //!   the model description for the master, MACs and parameters.
@@ -12,6 +14,8 @@
 //!   ratios, solved for a MACs target.
 //! - [`prefix`]: layer inputs and running from layer l on (the prefix cache).
 //! - [`eval`]: exact correct counts and spike rates on u8 images.
+//! - [`conv_grad`]: convolution gradients as forward ops (a forward convolution for the input, a
+//!   matrix multiply per tap for the weights): the GPU's differentiable convolution.
 //! - `event_conv` (internal): the CPU inference kernels: batch norm folded into the conv, one
 //!   summation order per output whatever the thread count, event-driven on sparse spikes.
 //! - [`held_out`]: a network's clean, FGSM and PGD counts on the validation and test splits.
@@ -28,6 +32,7 @@ pub mod augment;
 pub mod batch_norm;
 pub mod cancel;
 mod conv;
+pub mod conv_grad;
 mod cpu_buffer;
 pub mod criterion;
 pub mod data;
@@ -36,6 +41,9 @@ pub mod eval;
 mod event_conv;
 pub mod held_out;
 pub mod lif;
+#[cfg(feature = "cuda")]
+mod lif_cuda;
+pub mod lif_kernel;
 pub mod model;
 pub mod model_file;
 pub mod prefix;

@@ -17,6 +17,10 @@
 //!   applying a per-channel affine first: the folded batch norm); elsewhere the same tensor ops as the
 //!   differentiable path on detached tensors. Both give bit-identical spikes to [`Lif::forward`].
 //!
+//! With the `cuda` feature, CUDA f32 tensors take the fused ops too: their `cuda_fwd` launches the
+//! kernels of `worker/cuda/lif.cu` (`lif_cuda`), whose algorithm the CPU twin in
+//! [`crate::lif_kernel`] pins against this file's CPU ops.
+//!
 //! Layout: multi-step tensors are step-major `[T*B, ...]` (rows `t*B..(t+1)*B` are step t), so a conv
 //! runs once over all steps and only the neuron loop is sequential in T. [`Drive::Constant`] feeds a
 //! `[B, ...]` current at every step (direct encoding of the first layer).
@@ -355,28 +359,43 @@ impl Lif {
         self.tensor_path(&current, drive, false)
     }
 
-    /// The fused CPU kernel for `current` (with `affine` in front), when it applies: a CPU f32
-    /// tensor.
+    /// The fused kernel for `current` (with `affine` in front), when it applies: a CPU f32 tensor,
+    /// or a CUDA f32 tensor in a `cuda` build (lif.cu's kernels).
     fn fused(
         &self,
         current: &Tensor,
         drive: Drive,
         affine: Option<&ChannelAffine>,
     ) -> candle_core::Result<Option<FusedLif>> {
-        if !(current.device().is_cpu() && current.dtype() == DType::F32) {
+        let fused_device =
+            current.device().is_cpu() || cfg!(feature = "cuda") && current.device().is_cuda();
+        if !(fused_device && current.dtype() == DType::F32) {
             return Ok(None);
         }
-        let affine = match affine {
-            Some(a) => Some((
-                a.scale.detach().to_vec1::<f32>()?,
-                a.shift.detach().to_vec1::<f32>()?,
-            )),
-            None => None,
+        // The CPU loops read the affine from host vectors; the CUDA kernels from the device
+        // tensors (no copy to the host, no synchronisation).
+        let (host_affine, device_affine) = match affine {
+            Some(a) if current.device().is_cpu() => (
+                Some((
+                    a.scale.detach().to_vec1::<f32>()?,
+                    a.shift.detach().to_vec1::<f32>()?,
+                )),
+                None,
+            ),
+            Some(a) => (
+                None,
+                Some(ChannelAffine {
+                    scale: a.scale.detach().to_dtype(DType::F32)?.contiguous()?,
+                    shift: a.shift.detach().to_dtype(DType::F32)?.contiguous()?,
+                }),
+            ),
+            None => (None, None),
         };
         Ok(Some(FusedLif {
             lif: *self,
             drive,
-            affine,
+            affine: host_affine,
+            device_affine,
         }))
     }
 
@@ -464,6 +483,8 @@ struct FusedLif {
     lif: Lif,
     drive: Drive,
     affine: Option<(Vec<f32>, Vec<f32>)>,
+    /// The affine of a CUDA input, on its device (then `affine` is `None`).
+    device_affine: Option<ChannelAffine>,
 }
 
 impl FusedLif {
@@ -651,6 +672,21 @@ impl CustomOp1 for FusedLif {
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::lif_cuda::forward(
+            &self.lif,
+            self.drive,
+            self.device_affine.as_ref(),
+            storage,
+            layout,
+        )
+    }
+
     fn bwd(
         &self,
         arg: &Tensor,
@@ -663,6 +699,7 @@ impl CustomOp1 for FusedLif {
                 lif: self.lif,
                 drive: self.drive,
                 affine: self.affine.clone(),
+                device_affine: self.device_affine.clone(),
             },
         )?;
         Ok(Some(grad))
@@ -679,6 +716,7 @@ struct LifBackward {
     lif: Lif,
     drive: Drive,
     affine: Option<(Vec<f32>, Vec<f32>)>,
+    device_affine: Option<ChannelAffine>,
 }
 
 impl LifBackward {
@@ -783,6 +821,25 @@ impl candle_core::CustomOp2 for LifBackward {
         let grad = contiguous_f32(grad, grad_layout, "fused LIF backward gradient")?;
         let out = self.run(x, grad, x_layout.dims())?;
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::lif_cuda::backward(
+            &self.lif,
+            self.drive,
+            self.device_affine.as_ref(),
+            x,
+            x_layout,
+            grad,
+            grad_layout,
+        )
     }
 }
 
