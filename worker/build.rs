@@ -21,7 +21,7 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = ["CUDA_HOME", "CUDA_PATH"]
         .iter()
-        .filter_map(|v| std::env::var_os(v))
+        .filter_map(std::env::var_os)
         .map(|home| PathBuf::from(home).join("bin").join("nvcc"))
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from("nvcc"));

@@ -8,9 +8,10 @@
 //! - input gradient: the forward convolution of the output gradient with the flipped,
 //!   channel-transposed kernel ([`flipped_transposed`]), padding `k - 1 - p = p`: cuDNN's forward
 //!   convolution in a `cudnn` build;
-//! - weight gradient (only when asked): for each of the `k*k` taps one matrix multiply
-//!   `dW[:, :, ky, kx] = G [O, N*H*W] · X_shift(ky, kx)ᵀ [N*H*W, C]` (cuBLAS), `X_shift` the
-//!   zero-padded input shifted by the tap.
+//! - weight gradient (only when asked): cuDNN's backward-filter in a `cudnn` build on a CUDA device
+//!   (`conv_cudnn`); otherwise, and as its CPU counterpart, for each of the `k*k` taps one matrix
+//!   multiply `dW[:, :, ky, kx] = G [O, N*H*W] · X_shift(ky, kx)ᵀ [N*H*W, C]` (cuBLAS on a GPU),
+//!   `X_shift` the zero-padded input shifted by the tap ([`weight_grad`]).
 //!
 //! The forward value is candle's `conv2d` of the detached operands (cuDNN in a `cudnn` build); a
 //! custom op ([`ForwardGrads`]) attaches the backward to it (its forward copies that value: one
@@ -91,6 +92,20 @@ pub fn weight_grad(x: &Tensor, grad: &Tensor, k: usize) -> candle_core::Result<T
     Tensor::stack(&taps, 2)?.reshape((o, c, k, k))
 }
 
+/// The weight gradient where it is computed: through cuDNN's backward-filter on a CUDA device in a
+/// `cudnn` build (`conv_cudnn`), else [`weight_grad`].
+fn weight_grad_on_device(x: &Tensor, grad: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cudnn")]
+    if x.device().is_cuda() {
+        let op = crate::conv_cudnn::WeightGrad {
+            k,
+            padding: (k - 1) / 2,
+        };
+        return x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op);
+    }
+    weight_grad(x, grad, k)
+}
+
 /// Identity on the precomputed forward value (third operand) whose backward is [`input_grad`] and,
 /// with `weight_grad`, [`weight_grad`].
 struct ForwardGrads {
@@ -145,7 +160,7 @@ impl CustomOp3 for ForwardGrads {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let gx = input_grad(grad, &w.detach())?;
         let gw = if self.weight_grad {
-            Some(weight_grad(&x.detach(), grad, w.dim(2)?)?)
+            Some(weight_grad_on_device(&x.detach(), grad, w.dim(2)?)?)
         } else {
             None
         };

@@ -32,6 +32,8 @@ pub mod augment;
 pub mod batch_norm;
 pub mod cancel;
 mod conv;
+#[cfg(feature = "cudnn")]
+mod conv_cudnn;
 pub mod conv_grad;
 mod cpu_buffer;
 pub mod criterion;

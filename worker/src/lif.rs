@@ -716,6 +716,8 @@ struct LifBackward {
     lif: Lif,
     drive: Drive,
     affine: Option<(Vec<f32>, Vec<f32>)>,
+    /// The affine of a CUDA input (read by the CUDA kernel only).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     device_affine: Option<ChannelAffine>,
 }
 
