@@ -11,9 +11,10 @@
 //! the flipped, transposed kernel), as does inference (`SnnModel::run_inference`).
 //!
 //! On a CUDA device the differentiable convolutions ([`conv3x3_graph`], [`conv3x3_input_grad`])
-//! go through [`crate::conv_grad::conv_same`]: candle's (cuDNN) forward with gradients made of a
-//! forward convolution (input) and one matrix multiply per tap (weights), instead of candle's slow
-//! transposed-convolution and direct weight-gradient kernels.
+//! go through [`crate::conv_grad::conv_same`]: candle's (cuDNN) forward with the input gradient as
+//! a forward convolution and the weight gradient through cuDNN's backward-filter (one matrix
+//! multiply per tap without cuDNN), instead of candle's slow transposed-convolution and direct
+//! weight-gradient kernels.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
