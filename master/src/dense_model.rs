@@ -126,6 +126,7 @@ pub fn description_from_header(header: &[u8]) -> Result<ModelDescription, String
             out_height: fit(height, "model spec input height")?,
             out_width: fit(width, "model spec input width")?,
             pool_after: false,
+            ..Default::default()
         });
     }
     let classifier = shape(&header, "classifier.weight")
@@ -143,6 +144,7 @@ pub fn description_from_header(header: &[u8]) -> Result<ModelDescription, String
         classes: fit(classifier[0], "classifier.weight")?,
         timesteps: fit(timesteps, "model spec timesteps")?,
         layers,
+        ..Default::default()
     })
 }
 

@@ -107,7 +107,8 @@ pub fn prune_description(d: &ModelDescription, masks: &[Mask]) -> ModelDescripti
     let mut out = d.clone();
     let mut previous_kept = None;
     for (layer, mask) in out.layers.iter_mut().zip(masks) {
-        if let Some(k) = previous_kept {
+        // A layer reading the residual path keeps its input channels whatever the masks.
+        if let (Some(k), false) = (previous_kept, layer.fixed_input) {
             layer.in_channels = k;
         }
         layer.filters = mask.kept();
@@ -186,6 +187,7 @@ mod tests {
                     out_height: side,
                     out_width: side,
                     pool_after: i % 2 == 1,
+                    ..Default::default()
                 };
                 in_channels = w;
                 l
@@ -196,6 +198,7 @@ mod tests {
             classifier_spatial: 4,
             classes: 10,
             timesteps: 4,
+            ..Default::default()
         }
     }
 

@@ -115,6 +115,7 @@ fn description() -> impl Strategy<Value = ModelDescription> {
                 out_height,
                 out_width,
                 pool_after,
+                ..Default::default()
             },
         );
     (
@@ -138,6 +139,7 @@ fn description() -> impl Strategy<Value = ModelDescription> {
                     classifier_spatial,
                     classes,
                     timesteps,
+                    ..Default::default()
                 }
             },
         )

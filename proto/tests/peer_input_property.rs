@@ -44,6 +44,7 @@ fn description() -> impl Strategy<Value = ModelDescription> {
                 out_height,
                 out_width,
                 pool_after,
+                ..Default::default()
             },
         );
     (
@@ -58,6 +59,7 @@ fn description() -> impl Strategy<Value = ModelDescription> {
                 classifier_spatial,
                 classes,
                 timesteps,
+                ..Default::default()
             },
         )
 }
@@ -232,12 +234,14 @@ fn a_description_of_u32_max_sizes_is_an_overflow_error_not_a_panic() {
         out_height: u32::MAX,
         out_width: u32::MAX,
         pool_after: false,
+        ..Default::default()
     };
     let d = ModelDescription {
         layers: vec![layer],
         classifier_spatial: u32::MAX,
         classes: u32::MAX,
         timesteps: u32::MAX,
+        ..Default::default()
     };
     let dense = cost::dense_kept(&d);
     assert_eq!(

@@ -731,6 +731,7 @@ impl SnnModel {
                     out_height: g.height as u32,
                     out_width: g.width as u32,
                     pool_after: g.pool_after,
+                    ..Default::default()
                 }
             })
             .collect::<Vec<_>>();
@@ -744,6 +745,7 @@ impl SnnModel {
             classifier_spatial: (features / last_filters.max(1)) as u32,
             classes: classes as u32,
             timesteps: self.spec.timesteps as u32,
+            ..Default::default()
         }
     }
 
