@@ -8,11 +8,11 @@
 //! (`fixed_input`), so its input channels never change. The cost therefore depends only on how
 //! many filters each layer keeps, not on which.
 //!
-//! MACs count one image over all T steps:
-//! `T * (fixed + sum_l k^2 * in_l * kept_l * H_l * W_l + sum_l k^2 * kept_l * consumer_l * H_l * W_l
-//! + classifier)`, where `in_l` is `kept_{l-1}` in a VGG stack and the fixed `in_channels` for layer
-//! 0 and for `fixed_input` layers, and the classifier term is `kept_last * classifier_spatial *
-//! classes` unless `classifier_features` fixes it (then it is inside `fixed_macs`).
+//! MACs count one image over all T steps, `T * (fixed + sum_l k^2 * in_l * kept_l * H_l * W_l +
+//! sum_l k^2 * kept_l * consumer_l * H_l * W_l + classifier)`, where `in_l` is `kept_{l-1}` in a
+//! VGG stack and the fixed `in_channels` for layer 0 and for `fixed_input` layers, and the
+//! classifier term is `kept_last * classifier_spatial * classes` unless `classifier_features`
+//! fixes it (then it is inside `fixed_macs`).
 //! Batch norm, LIF and pooling are not counted (no multiply-accumulates with weights).
 //! Parameters count conv weights, batch-norm weight and bias, classifier weight and bias
 //! (running statistics are buffers, not parameters), plus `fixed_parameters`.
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn a_fixed_input_layer_ignores_the_previous_layers_kept_filters() {
         let mut d = residual();
-        let mut second = d.layers[0].clone();
+        let mut second = d.layers[0];
         second.filters = 2;
         d.layers.push(second);
         let a = macs(&d, &[4, 2]).unwrap();
