@@ -226,7 +226,7 @@ pub(crate) struct ConvBlock {
     pub(crate) running_var: Var,
 }
 
-/// A spiking VGG with its weights on one device.
+/// A spiking VGG or ResNet with its weights on one device.
 ///
 /// Weights are candle [`Var`]s: [`SnnModel::trainable_vars`] hands them to an optimiser, and
 /// [`SnnModel::forward`] with `train = true` updates the batch-norm running statistics in place.

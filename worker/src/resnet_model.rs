@@ -14,12 +14,15 @@
 //! current (as VGG's layer 0); every block then runs on `[T*B, ...]`. Convolutions:
 //! - 3x3 stride 1: the VGG convs of [`crate::conv`] (training, attacks) and the folded, fixed-order
 //!   CPU kernels of [`crate::event_conv`] (inference, batch norm folded in);
-//! - 3x3 stride 2 (first block of stages >= 2): the same stride-1 convolution, then every second
-//!   row and column (`ceil(H/2)` outputs); exactly the strided conv, at 4x its MACs on the CPU;
-//! - 1x1 shortcut: every `stride`-th input pixel, then a pointwise product: candle's `conv2d`
-//!   with a graph, and a fixed-order loop (batch norm folded in) for inference on the CPU.
+//! - 3x3 stride 2 (first block of stages >= 2): training takes the im2col columns of every second
+//!   row and column (`ceil(H/2)` outputs) into the gemm; inference and attacks run the stride-1
+//!   kernels and keep every second row and column: exactly the strided conv, at 4x its MACs;
+//! - 1x1 shortcut: every `stride`-th input pixel, then a pointwise product: one batched matrix
+//!   product with a graph, and a fixed-order loop (batch norm folded in) for inference on the CPU.
 //!
-//! Off the CPU every conv is candle's `conv2d` (with its stride). The global average pool is the
+//! Off the CPU the 3x3 convs are candle's `conv2d`: with its stride for inference, at stride 1
+//! then every second row and column with a graph (candle's strided `conv2d` backward gets even
+//! sides wrong). The global average pool is the
 //! mean over H and W of the last block's output; the classifier and the mean over T are VGG's.
 
 use super::{ModelError, SnnModel, BN_EPS, BN_MOMENTUM};
@@ -236,17 +239,26 @@ impl ConvBn {
         } else {
             self.weight.as_tensor().clone()
         };
-        if !x.device().is_cpu() {
-            return x.conv2d(&w, self.kernel / 2, self.stride, 1, 1);
-        }
         if self.kernel == 1 {
+            // One batched matrix product `[out, C] x [N, C, H*W]` (candle's CPU conv2d, and its
+            // transposed conv in the backward pass, are far slower).
             let x = if self.stride == 2 {
                 every_second(x)?
             } else {
                 x.clone()
             };
-            return x.conv2d(&w, 0, 1, 1, 1);
+            let (n, c, h, wd) = x.dims4()?;
+            let out = w.dim(0)?;
+            let y = w
+                .reshape((out, c))?
+                .broadcast_matmul(&x.reshape((n, c, h * wd))?)?;
+            return y.reshape((n, out, h, wd));
         }
+        if self.stride == 2 && !input_only && x.device().is_cpu() {
+            return crate::conv::conv3x3_stride2_graph(x, &w);
+        }
+        // Stride 1 (these fall back to candle's conv2d off the CPU), then every second row and
+        // column for stride 2: candle's own strided conv2d has a wrong backward for even sides.
         let y = if input_only {
             crate::conv::conv3x3_input_grad(x, &w)?
         } else {
@@ -1040,6 +1052,39 @@ pub(crate) mod tests {
         let reference = x.conv2d(conv.weight.as_tensor(), 1, 2, 1, 1).unwrap();
         assert_eq!(ours.dims(), &[2, 4, 4, 3]);
         assert!(max_diff(&ours, &reference) < 1e-5);
+        assert!(max_diff(&conv.conv_graph(&x, true).unwrap(), &reference) < 1e-5);
+        // Gradients to the input and the weight equal candle's strided conv's.
+        let probe: Vec<f32> = (0..reference.elem_count())
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let probe = Tensor::from_vec(probe, reference.dims(), &Device::Cpu).unwrap();
+        let xv = Var::from_tensor(&x).unwrap();
+        let grads = |y: Tensor| {
+            let g = y
+                .mul(&probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (
+                g.get(xv.as_tensor()).unwrap().clone(),
+                g.get(conv.weight.as_tensor()).unwrap().clone(),
+            )
+        };
+        let (gx, gw) = grads(conv.conv_graph(xv.as_tensor(), false).unwrap());
+        // (candle's strided conv2d has a wrong backward at even sides: stride 1, then every
+        // second row and column, is the reference.)
+        let (rx, rw) = grads(
+            every_second(
+                &xv.as_tensor()
+                    .conv2d(conv.weight.as_tensor(), 1, 1, 1, 1)
+                    .unwrap(),
+            )
+            .unwrap(),
+        );
+        assert!(max_diff(&gx, &rx) < 1e-4);
+        assert!(max_diff(&gw, &rw) < 1e-4);
         let folded = conv.infer(&x).unwrap();
         let affine = conv.bn.affine(false).unwrap();
         assert!(max_diff(&folded, &affine.apply(&reference).unwrap()) < 1e-5);
@@ -1099,6 +1144,47 @@ pub(crate) mod tests {
                     .unwrap()
             };
             assert!(loss(&adv) > loss(&x), "{arch}: PGD raises the loss");
+        }
+    }
+
+    /// `resnet-tiny`, T = 4, CIFAR-sized images: inference and training-pass speed on this CPU,
+    /// next to the VGG `small`.
+    #[test]
+    #[ignore = "benchmark: cargo test -p ccsrp-worker --lib -- --ignored --nocapture resnet_tiny_speed"]
+    fn resnet_tiny_speed_on_cifar_sized_images() {
+        for name in ["small", "resnet-tiny", "sew-resnet-tiny"] {
+            let spec = ModelSpec::new(
+                crate::arch::Architecture::preset(name).unwrap(),
+                4,
+                crate::arch::InputShape {
+                    channels: 3,
+                    height: 32,
+                    width: 32,
+                },
+                (0..10).map(|i| i.to_string()).collect(),
+            );
+            let m = SnnModel::new(spec, &Device::Cpu, 0).unwrap();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+            let batch = 100;
+            let v: Vec<f32> = (0..batch * 3 * 32 * 32)
+                .map(|_| rng.random_range(0.0f32..1.0))
+                .collect();
+            let x = Tensor::from_vec(v, (batch, 3, 32, 32), &Device::Cpu).unwrap();
+            m.forward_eval(&x).unwrap();
+            let start = std::time::Instant::now();
+            for _ in 0..3 {
+                m.forward_eval(&x).unwrap();
+            }
+            let eval = start.elapsed().as_secs_f64() / 3.0 * 10.0;
+            let start = std::time::Instant::now();
+            let logits = m.forward(&x, true).unwrap();
+            logits.sum_all().unwrap().backward().unwrap();
+            let train = start.elapsed().as_secs_f64() * 10.0;
+            println!(
+                "{name}: forward_eval {eval:.2} s, training forward+backward {train:.2} s per 1000 \
+                 images ({} MACs per image)",
+                m.macs()
+            );
         }
     }
 }
