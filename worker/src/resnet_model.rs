@@ -22,8 +22,8 @@
 //!
 //! Off the CPU the 3x3 convs are candle's `conv2d`: with its stride for inference, at stride 1
 //! then every second row and column with a graph (candle's strided `conv2d` backward gets even
-//! sides wrong). The global average pool is the
-//! mean over H and W of the last block's output; the classifier and the mean over T are VGG's.
+//! sides wrong). The global average pool is the mean over H and W of the last block's output; the
+//! classifier and the mean over T are VGG's.
 
 use super::{ModelError, SnnModel, BN_EPS, BN_MOMENTUM};
 use crate::event_conv::FoldedConv;
