@@ -171,6 +171,32 @@ pub fn activity(model: &SnnModel, set: &ImageSet, batch: usize) -> Result<Activi
     Ok(out)
 }
 
+/// Names of the entries of [`activity`], the spiking layers' modules in the PyTorch model: for a
+/// VGG `features.{i}` (each prunable layer's LIF, see [`crate::model_file`]); for a ResNet
+/// spikingjelly's `sn1` (stem), then per block `layer{s}.{b}.sn1`, for SEW with a conv shortcut
+/// `layer{s}.{b}.downsample_sn`, and `layer{s}.{b}.sn2`.
+pub fn activity_layer_names(model: &SnnModel) -> Vec<String> {
+    let Some(r) = &model.residual else {
+        return crate::model_file::layer_names(model.geometry())
+            .iter()
+            .filter_map(|n| {
+                let i: usize = n.batch_norm.strip_prefix("features.")?.parse().ok()?;
+                Some(format!("features.{}", i + 1))
+            })
+            .collect();
+    };
+    let mut names = vec!["sn1".to_string()];
+    for b in &r.blocks {
+        let p = crate::model::resnet::block_prefix(&b.geometry);
+        names.push(format!("{p}.sn1"));
+        if r.geometry.sew && b.downsample.is_some() {
+            names.push(format!("{p}.downsample_sn"));
+        }
+        names.push(format!("{p}.sn2"));
+    }
+    names
+}
+
 /// A conv or the classifier reading a spiking layer's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reader {
@@ -579,6 +605,37 @@ mod tests {
                 "{arch}"
             );
             assert_eq!(a.layers[0].neuron_steps, 5 * 2 * 3 * 144);
+            assert_eq!(activity_layer_names(&model).len(), a.layers.len());
         }
+    }
+
+    #[test]
+    fn activity_entries_are_named_after_the_pytorch_neuron_modules() {
+        use crate::model::tests::tiny_spec;
+        let name = |arch: &str| {
+            activity_layer_names(&SnnModel::new(tiny_spec(arch, 2), &Device::Cpu, 0).unwrap())
+        };
+        assert_eq!(name("4,M,6"), vec!["features.2", "features.6"]);
+        assert_eq!(
+            name("resnet:4;4x1,8x1"),
+            vec![
+                "sn1",
+                "layer1.0.sn1",
+                "layer1.0.sn2",
+                "layer2.0.sn1",
+                "layer2.0.sn2"
+            ]
+        );
+        assert_eq!(
+            name("resnet:4;4x1,8x1;sew"),
+            vec![
+                "sn1",
+                "layer1.0.sn1",
+                "layer1.0.sn2",
+                "layer2.0.sn1",
+                "layer2.0.downsample_sn",
+                "layer2.0.sn2"
+            ]
+        );
     }
 }
