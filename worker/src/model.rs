@@ -476,10 +476,10 @@ impl SnnModel {
     /// Trainable parameters (conv weights, batch-norm weights and biases, classifier weight and bias);
     /// running statistics are buffers and not included.
     pub fn trainable_vars(&self) -> Vec<Var> {
-        let mut vars = Vec::with_capacity(3 * self.blocks.len() + 2);
-        if let Some(r) = &self.residual {
-            vars = r.trainable_vars();
-        }
+        let mut vars = match &self.residual {
+            Some(r) => r.trainable_vars(),
+            None => Vec::with_capacity(3 * self.blocks.len() + 2),
+        };
         for b in &self.blocks {
             vars.push(b.weight.clone());
             vars.push(b.bn_weight.clone());
