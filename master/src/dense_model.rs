@@ -7,6 +7,13 @@
 //! kernels come from the conv weights' shapes (`features.{i}.weight`, `[out, in, k, k]`, in index
 //! order), the classes and classifier inputs from `classifier.weight` (`[classes, features]`);
 //! convs keep their input size (stride 1, same padding) and each pool halves it.
+//!
+//! A residual network (architecture `resnet:...`) is read from spikingjelly's tensor names: the
+//! stem `conv1.weight`, the basic blocks `layer{s}.{b}.conv1.weight` / `conv2.weight` /
+//! `downsample.0.weight` (the 1x1 shortcut conv, where present) and `fc.weight`. Each block's
+//! conv1 is one prunable layer reading the residual path; the first block of every stage after the
+//! first has stride 2 (the architecture's rule), so its map is `ceil(side / 2)`. The stem, the
+//! shortcuts and the classifier are fixed parts ([`ModelDescription::fixed_macs`]).
 
 use std::io::Read;
 use std::path::Path;
@@ -95,6 +102,14 @@ pub fn description_from_header(header: &[u8]) -> Result<ModelDescription, String
             .ok_or(format!("model spec input has no {k}"))
     };
     let (mut height, mut width) = (dim("height")?, dim("width")?);
+    if arch.trim_start().to_ascii_lowercase().starts_with("resnet")
+        || arch
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("sew-resnet")
+    {
+        return residual_description(&header, dim("channels")?, (height, width), timesteps);
+    }
     let mut convs: Vec<(u64, Vec<u64>)> = header
         .keys()
         .filter_map(|k| {
@@ -126,6 +141,7 @@ pub fn description_from_header(header: &[u8]) -> Result<ModelDescription, String
             out_height: fit(height, "model spec input height")?,
             out_width: fit(width, "model spec input width")?,
             pool_after: false,
+            ..Default::default()
         });
     }
     let classifier = shape(&header, "classifier.weight")
@@ -143,6 +159,145 @@ pub fn description_from_header(header: &[u8]) -> Result<ModelDescription, String
         classes: fit(classifier[0], "classifier.weight")?,
         timesteps: fit(timesteps, "model spec timesteps")?,
         layers,
+        ..Default::default()
+    })
+}
+
+/// A tensor's shape that must have `rank` dimensions.
+fn shape_of(
+    header: &serde_json::Map<String, Value>,
+    name: &str,
+    rank: usize,
+) -> Result<Vec<u64>, String> {
+    let s = shape(header, name).ok_or(format!("no tensor {name}"))?;
+    if s.len() != rank {
+        return Err(format!(
+            "tensor {name} has shape {s:?}, expected {rank} dimensions"
+        ));
+    }
+    Ok(s)
+}
+
+/// The description of a residual network from spikingjelly-named tensors (module docs).
+fn residual_description(
+    header: &serde_json::Map<String, Value>,
+    image_channels: u64,
+    (mut height, mut width): (u64, u64),
+    timesteps: u64,
+) -> Result<ModelDescription, String> {
+    let overflow = || "the network's sizes overflow 64 bits: no real model".to_string();
+    let mul = |v: &[u64]| {
+        v.iter()
+            .try_fold(1u64, |acc, &x| acc.checked_mul(x))
+            .ok_or_else(overflow)
+    };
+    let stem = shape_of(header, "conv1.weight", 4)?;
+    if stem[1] != image_channels {
+        return Err(format!(
+            "conv1.weight reads {} channels, the model spec's input has {image_channels}",
+            stem[1]
+        ));
+    }
+    let mut fixed_macs = mul(&[stem[0], stem[1], stem[2], stem[3], height, width])?;
+    let input_layer_macs = fixed_macs;
+    let mut fixed_parameters = mul(&[stem[0], stem[1], stem[2], stem[3]])?
+        .checked_add(mul(&[2, stem[0]])?)
+        .ok_or_else(overflow)?;
+    // Blocks in forward order: (stage, block) from the names layer{s}.{b}.conv1.weight.
+    let mut blocks: Vec<(u64, u64)> = header
+        .keys()
+        .filter_map(|k| {
+            let rest = k.strip_prefix("layer")?.strip_suffix(".conv1.weight")?;
+            let (s, b) = rest.split_once('.')?;
+            Some((s.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    blocks.sort();
+    if blocks.is_empty() {
+        return Err("no residual block (no tensor layer{s}.{b}.conv1.weight)".into());
+    }
+    let mut channels = stem[0];
+    let mut layers = Vec::with_capacity(blocks.len());
+    for &(stage, block) in &blocks {
+        let prefix = format!("layer{stage}.{block}");
+        let conv1 = shape_of(header, &format!("{prefix}.conv1.weight"), 4)?;
+        let conv2 = shape_of(header, &format!("{prefix}.conv2.weight"), 4)?;
+        if conv1[1] != channels {
+            return Err(format!(
+                "{prefix}.conv1.weight reads {} channels, the residual path has {channels}",
+                conv1[1]
+            ));
+        }
+        if conv2[1] != conv1[0] {
+            return Err(format!(
+                "{prefix}.conv2.weight reads {} channels, {prefix}.conv1.weight has {} filters",
+                conv2[1], conv1[0]
+            ));
+        }
+        let stride: u64 = if block == 0 && stage >= 2 { 2 } else { 1 };
+        height = height.div_ceil(stride);
+        width = width.div_ceil(stride);
+        let shortcut = format!("{prefix}.downsample.0.weight");
+        match shape(header, &shortcut) {
+            Some(s) if s.len() == 4 => {
+                fixed_macs = fixed_macs
+                    .checked_add(mul(&[s[0], s[1], s[2], s[3], height, width])?)
+                    .ok_or_else(overflow)?;
+                fixed_parameters = fixed_parameters
+                    .checked_add(mul(&[s[0], s[1], s[2], s[3]])?)
+                    .and_then(|p| p.checked_add(2 * s[0]))
+                    .ok_or_else(overflow)?;
+            }
+            Some(s) => return Err(format!("tensor {shortcut} has shape {s:?}, expected 4 dimensions")),
+            None if stride != 1 || conv2[0] != channels => {
+                return Err(format!(
+                    "block {prefix} changes the map (stride {stride}, {channels} -> {} channels) but has no shortcut conv {shortcut}",
+                    conv2[0]
+                ))
+            }
+            None => {}
+        }
+        // conv2's batch norm is on the residual path: fixed.
+        fixed_parameters = fixed_parameters
+            .checked_add(mul(&[2, conv2[0]])?)
+            .ok_or_else(overflow)?;
+        let name = format!("{prefix}.conv1.weight");
+        layers.push(ConvLayer {
+            filters: fit(conv1[0], &name)?,
+            in_channels: fit(conv1[1], &name)?,
+            kernel: fit(conv1[2], &name)?,
+            out_height: fit(height, "model spec input height")?,
+            out_width: fit(width, "model spec input width")?,
+            pool_after: false,
+            stride: fit(stride, &name)?,
+            fixed_input: true,
+            consumer_filters: fit(conv2[0], &format!("{prefix}.conv2.weight"))?,
+        });
+        channels = conv2[0];
+    }
+    let fc = shape_of(header, "fc.weight", 2)?;
+    if fc[1] != channels {
+        return Err(format!(
+            "fc.weight has {} inputs, the last stage has {channels} channels",
+            fc[1]
+        ));
+    }
+    fixed_macs = fixed_macs
+        .checked_add(mul(&[fc[0], fc[1]])?)
+        .ok_or_else(overflow)?;
+    fixed_parameters = fixed_parameters
+        .checked_add(mul(&[fc[0], fc[1]])?)
+        .and_then(|p| p.checked_add(fc[0]))
+        .ok_or_else(overflow)?;
+    Ok(ModelDescription {
+        layers,
+        classifier_spatial: 1,
+        classes: fit(fc[0], "fc.weight")?,
+        timesteps: fit(timesteps, "model spec timesteps")?,
+        fixed_macs,
+        fixed_parameters,
+        classifier_features: fit(channels, "fc.weight")?,
+        input_layer_macs,
     })
 }
 
@@ -203,5 +358,72 @@ mod tests {
         std::fs::write(&path, [1u8, 2]).unwrap();
         let err = read_description(&path).unwrap_err().to_string();
         assert!(err.contains("m.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn a_residual_network_is_read_from_spikingjelly_names() {
+        // resnet:4;4x1,8x1 on 1x16x16: stem 1->4, block 1.0 (4->4, stride 1, identity shortcut),
+        // block 2.0 (4->8, stride 2, 1x1 shortcut), fc 8->10.
+        let h = header(
+            "resnet:4;4x1,8x1",
+            &[
+                ("conv1.weight", vec![4, 1, 3, 3]),
+                ("bn1.weight", vec![4]),
+                ("layer1.0.conv1.weight", vec![3, 4, 3, 3]),
+                ("layer1.0.conv2.weight", vec![4, 3, 3, 3]),
+                ("layer2.0.conv1.weight", vec![8, 4, 3, 3]),
+                ("layer2.0.conv2.weight", vec![8, 8, 3, 3]),
+                ("layer2.0.downsample.0.weight", vec![8, 4, 1, 1]),
+                ("fc.weight", vec![10, 8]),
+            ],
+        );
+        let d = description_from_header(&h).unwrap();
+        assert_eq!(d.layers.len(), 2);
+        let (a, b) = (&d.layers[0], &d.layers[1]);
+        assert_eq!(
+            (a.filters, a.in_channels, a.out_height, a.stride),
+            (3, 4, 16, 1)
+        );
+        assert_eq!(
+            (b.filters, b.in_channels, b.out_height, b.stride),
+            (8, 4, 8, 2)
+        );
+        assert!(a.fixed_input && b.fixed_input);
+        assert_eq!((a.consumer_filters, b.consumer_filters), (4, 8));
+        let stem = 4 * 9 * 256;
+        assert_eq!(d.input_layer_macs, stem);
+        assert_eq!(d.fixed_macs, stem + 8 * 4 * 64 + 80);
+        assert_eq!(
+            d.fixed_parameters,
+            (36 + 8) + 2 * 4 + (2 * 8 + 32 + 16) + 90
+        );
+        assert_eq!(
+            (d.classifier_features, d.classifier_spatial, d.classes),
+            (8, 1, 10)
+        );
+        // Dense MACs per image: stem, both blocks' convs, the shortcut and fc, times T = 4.
+        let convs = 9 * 4 * 3 * 256 + 9 * 3 * 4 * 256 + 9 * 4 * 8 * 64 + 9 * 8 * 8 * 64;
+        assert_eq!(
+            ccsrp_proto::cost::dense_macs(&d),
+            4 * (stem + convs + 8 * 4 * 64 + 80)
+        );
+    }
+
+    #[test]
+    fn a_residual_block_that_changes_the_map_without_a_shortcut_is_refused() {
+        let h = header(
+            "resnet:4;8x1",
+            &[
+                ("conv1.weight", vec![4, 1, 3, 3]),
+                ("layer1.0.conv1.weight", vec![8, 4, 3, 3]),
+                ("layer1.0.conv2.weight", vec![8, 8, 3, 3]),
+                ("fc.weight", vec![10, 8]),
+            ],
+        );
+        let err = description_from_header(&h).unwrap_err();
+        assert!(err.contains("layer1.0.downsample.0.weight"), "{err}");
+        let h = header("resnet:4;8x1", &[("conv1.weight", vec![4, 1, 3, 3])]);
+        let err = description_from_header(&h).unwrap_err();
+        assert!(err.contains("no residual block"), "{err}");
     }
 }

@@ -36,9 +36,11 @@ pub const MAX_LAYERS: usize = 1024;
 /// Most filters one layer may have: the masks over them (a bit each, per candidate) stay small.
 pub const MAX_FILTERS: u32 = 1 << 16;
 
-/// Checks that `d` describes a chain of conv layers the cost calculator and the masks can use:
-/// 1..=[`MAX_LAYERS`] layers of 1..=[`MAX_FILTERS`] filters, every size >= 1, and MACs and
-/// parameters that fit in 64 bits (so every pruned network's cost is exact too).
+/// Checks that `d` describes prunable conv layers the cost calculator and the masks can use:
+/// 1..=[`MAX_LAYERS`] layers of 1..=[`MAX_FILTERS`] filters, every size >= 1, a VGG layer's input
+/// channels equal to the previous layer's filters (a residual block's inner conv reads the
+/// residual path instead), strides of at most 2, and MACs and parameters that fit in 64 bits (so
+/// every pruned network's cost is exact too).
 pub fn validate_description(d: &ModelDescription) -> Result<(), DescriptionError> {
     if d.layers.is_empty() || d.layers.len() > MAX_LAYERS {
         return Err(DescriptionError {
@@ -67,7 +69,24 @@ pub fn validate_description(d: &ModelDescription) -> Result<(), DescriptionError
                 format!("at most {MAX_FILTERS}"),
             ));
         }
-        if i > 0 && l.in_channels != d.layers[i - 1].filters {
+        if l.stride > 2 {
+            return Err(invalid(field("stride"), l.stride, "0, 1 or 2"));
+        }
+        if l.consumer_filters > MAX_FILTERS {
+            return Err(invalid(
+                field("consumer_filters"),
+                l.consumer_filters,
+                format!("at most {MAX_FILTERS}"),
+            ));
+        }
+        if l.consumer_filters > 0 && (!l.fixed_input || l.pool_after) {
+            return Err(invalid(
+                field("consumer_filters"),
+                l.consumer_filters,
+                "0 unless the layer is a residual block's inner conv (fixed_input, no pool)",
+            ));
+        }
+        if i > 0 && !l.fixed_input && l.in_channels != d.layers[i - 1].filters {
             return Err(invalid(
                 field("in_channels"),
                 l.in_channels,
@@ -107,7 +126,8 @@ pub fn prune_description(d: &ModelDescription, masks: &[Mask]) -> ModelDescripti
     let mut out = d.clone();
     let mut previous_kept = None;
     for (layer, mask) in out.layers.iter_mut().zip(masks) {
-        if let Some(k) = previous_kept {
+        // A layer reading the residual path keeps its input channels whatever the masks.
+        if let (Some(k), false) = (previous_kept, layer.fixed_input) {
             layer.in_channels = k;
         }
         layer.filters = mask.kept();
@@ -186,6 +206,7 @@ mod tests {
                     out_height: side,
                     out_width: side,
                     pool_after: i % 2 == 1,
+                    ..Default::default()
                 };
                 in_channels = w;
                 l
@@ -196,6 +217,7 @@ mod tests {
             classifier_spatial: 4,
             classes: 10,
             timesteps: 4,
+            ..Default::default()
         }
     }
 

@@ -115,8 +115,20 @@ fn description() -> impl Strategy<Value = ModelDescription> {
                 out_height,
                 out_width,
                 pool_after,
+                ..Default::default()
             },
-        );
+        )
+        // Residual networks' fields: a block's inner conv with any sizes.
+        .prop_flat_map(|l| {
+            (Just(l), edgy_u32(), any::<bool>(), edgy_u32()).prop_map(
+                |(mut l, stride, fixed_input, consumer_filters)| {
+                    l.stride = stride;
+                    l.fixed_input = fixed_input;
+                    l.consumer_filters = consumer_filters;
+                    l
+                },
+            )
+        });
     (
         prop::collection::vec(layer, 0..4),
         edgy_u32(),
@@ -138,6 +150,7 @@ fn description() -> impl Strategy<Value = ModelDescription> {
                     classifier_spatial,
                     classes,
                     timesteps,
+                    ..Default::default()
                 }
             },
         )

@@ -113,6 +113,7 @@ fn description() -> ModelDescription {
                 out_height: 8,
                 out_width: 8,
                 pool_after: true,
+                ..Default::default()
             },
             ConvLayer {
                 filters: 8,
@@ -121,11 +122,13 @@ fn description() -> ModelDescription {
                 out_height: 4,
                 out_width: 4,
                 pool_after: true,
+                ..Default::default()
             },
         ],
         classifier_spatial: 4,
         classes: 4,
         timesteps: 2,
+        ..Default::default()
     }
 }
 

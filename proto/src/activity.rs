@@ -9,7 +9,12 @@
 //!   output position whose window covers (y', x'): `kept_{l+1} * rows(y') * cols(x')` synapses,
 //!   where `rows(y')` is the number of output rows o with |o - y'| <= k/2 inside the map. Inside
 //!   the map that is the full k x k; a spike on the border drives fewer (padding has no synapses);
-//! - for the last layer, the classifier reads every pooled feature: `classes` synapses.
+//! - for the last layer, the classifier reads every pooled feature: `classes` synapses;
+//! - for a residual block's inner conv (`consumer_filters` set) the reader is the block's second
+//!   conv (same k, stride 1, same padding, same map): `consumer_filters * rows(y) * cols(x)`.
+//!   The other spiking layers of a residual network are not prunable layers: the worker counts
+//!   their SOPs from its own graph, and `Activity.layers` then lists every spiking layer in
+//!   forward order, not one entry per prunable layer.
 //!
 //! With the 2x2 average pool folded into the next layer's weights, each of the four spikes under a
 //! pool window is its own event, so SOPs count spikes, not pooled values. [`fan_out`] gives the
@@ -150,6 +155,11 @@ pub fn fan_out(desc: &ModelDescription, layer: usize) -> Option<Vec<u64>> {
                 continue;
             };
             out[y * w + x] = match desc.layers.get(layer + 1) {
+                _ if l.consumer_filters > 0 => {
+                    u64::from(l.consumer_filters)
+                        * covering(iy, ph, l.kernel)
+                        * covering(ix, pw, l.kernel)
+                }
                 Some(next) => {
                     u64::from(next.filters)
                         * covering(iy, next.out_height as usize, next.kernel)
@@ -186,12 +196,14 @@ mod tests {
             out_height: side,
             out_width: side,
             pool_after,
+            ..Default::default()
         };
         ModelDescription {
             layers: vec![conv(4, 1, 5, true), conv(second_filters, 4, 2, false)],
             classifier_spatial: 4,
             classes: 3,
             timesteps: 2,
+            ..Default::default()
         }
     }
 
@@ -245,5 +257,29 @@ mod tests {
         assert_eq!(a.layers[0].rate(), 0.4);
         assert_eq!(a.sops_per_image(), 20.0);
         assert_eq!(a.spikes_per_image(), 2.0);
+    }
+
+    #[test]
+    fn a_residual_inner_convs_spikes_drive_its_blocks_second_conv() {
+        let d = ModelDescription {
+            layers: vec![ConvLayer {
+                filters: 4,
+                in_channels: 8,
+                kernel: 3,
+                out_height: 3,
+                out_width: 3,
+                fixed_input: true,
+                consumer_filters: 7,
+                ..Default::default()
+            }],
+            classes: 10,
+            timesteps: 1,
+            classifier_features: 8,
+            ..Default::default()
+        };
+        let fan = fan_out(&d, 0).unwrap();
+        assert_eq!(fan[4], 7 * 9, "centre");
+        assert_eq!(fan[0], 7 * 4, "corner");
+        assert_eq!(fan[1], 7 * 6, "edge");
     }
 }

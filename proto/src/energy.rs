@@ -74,16 +74,24 @@ pub struct EnergyEstimate {
     pub ann_energy_pj: f64,
 }
 
-/// MACs of the first conv layer of `desc` over all T steps.
+/// MACs over all T steps of the conv that reads the analog image: `input_layer_macs` when the
+/// description sets it (a residual network's stem), otherwise layer 0's.
 pub fn first_layer_macs(desc: &ModelDescription) -> u64 {
+    let t = u64::from(desc.timesteps);
+    if desc.input_layer_macs > 0 {
+        return t.saturating_mul(desc.input_layer_macs);
+    }
     desc.layers.first().map_or(0, |l| {
-        u64::from(desc.timesteps)
-            * u64::from(l.kernel)
-            * u64::from(l.kernel)
-            * u64::from(l.in_channels)
-            * u64::from(l.filters)
-            * u64::from(l.out_height)
-            * u64::from(l.out_width)
+        [
+            l.kernel,
+            l.kernel,
+            l.in_channels,
+            l.filters,
+            l.out_height,
+            l.out_width,
+        ]
+        .into_iter()
+        .fold(t, |acc, v| acc.saturating_mul(u64::from(v)))
     })
 }
 
@@ -138,12 +146,14 @@ mod tests {
             out_height: 4,
             out_width: 4,
             pool_after: false,
+            ..Default::default()
         };
         let desc = ModelDescription {
             layers: vec![conv(2, 1), conv(3, 2)],
             classifier_spatial: 16,
             classes: 10,
             timesteps: 4,
+            ..Default::default()
         };
         let activity = Activity {
             images: 2,

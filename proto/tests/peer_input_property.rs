@@ -44,8 +44,20 @@ fn description() -> impl Strategy<Value = ModelDescription> {
                 out_height,
                 out_width,
                 pool_after,
+                ..Default::default()
             },
-        );
+        )
+        // Residual networks' fields: a block's inner conv with any sizes.
+        .prop_flat_map(|l| {
+            (Just(l), edgy_u32(), any::<bool>(), edgy_u32()).prop_map(
+                |(mut l, stride, fixed_input, consumer_filters)| {
+                    l.stride = stride;
+                    l.fixed_input = fixed_input;
+                    l.consumer_filters = consumer_filters;
+                    l
+                },
+            )
+        });
     (
         prop::collection::vec(layer, 0..5),
         edgy_u32(),
@@ -58,8 +70,29 @@ fn description() -> impl Strategy<Value = ModelDescription> {
                 classifier_spatial,
                 classes,
                 timesteps,
+                ..Default::default()
             },
         )
+        .prop_flat_map(|d| {
+            (Just(d), edgy_u64(), edgy_u64(), edgy_u32(), edgy_u64()).prop_map(
+                |(mut d, fixed_macs, fixed_parameters, classifier_features, input_layer_macs)| {
+                    d.fixed_macs = fixed_macs;
+                    d.fixed_parameters = fixed_parameters;
+                    d.classifier_features = classifier_features;
+                    d.input_layer_macs = input_layer_macs;
+                    d
+                },
+            )
+        })
+}
+
+fn edgy_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0u64..=16,
+        Just(u64::MAX),
+        Just(u64::MAX / 2 + 1),
+        any::<u64>()
+    ]
 }
 
 proptest! {
@@ -232,12 +265,14 @@ fn a_description_of_u32_max_sizes_is_an_overflow_error_not_a_panic() {
         out_height: u32::MAX,
         out_width: u32::MAX,
         pool_after: false,
+        ..Default::default()
     };
     let d = ModelDescription {
         layers: vec![layer],
         classifier_spatial: u32::MAX,
         classes: u32::MAX,
         timesteps: u32::MAX,
+        ..Default::default()
     };
     let dense = cost::dense_kept(&d);
     assert_eq!(

@@ -35,8 +35,14 @@ struct LayerInfo {
     out_height: u32,
     out_width: u32,
     pool_after: bool,
+    /// Conv stride (residual networks: 2 in the first block of a later stage).
+    stride: u32,
+    /// A residual block's inner conv: it reads the residual path (its input channels never change)
+    /// and is read by the block's second conv, which keeps `consumer_filters` outputs.
+    residual_inner: bool,
+    consumer_filters: u32,
     /// Synapses one spike of this layer drives, away from the borders: k x k x the next layer's
-    /// filters, or the classes for the last layer.
+    /// filters (a residual block's second conv's), or the classes for a VGG's last layer.
     synapses_per_spike: u64,
 }
 
@@ -80,6 +86,9 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             out_height: l.out_height,
             out_width: l.out_width,
             pool_after: l.pool_after,
+            stride: l.stride.max(1),
+            residual_inner: l.fixed_input,
+            consumer_filters: l.consumer_filters,
         })
         .collect();
     let report = InfoReport {
@@ -116,20 +125,33 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         report.classes,
         report.class_names.join(", ")
     );
+    if report.layers.iter().any(|l| l.residual_inner) {
+        println!("prunable layers: each residual block's inner conv (the residual path stays)");
+    }
     for (i, l) in report.layers.iter().enumerate() {
+        let stride = if l.stride > 1 {
+            format!(", stride {}", l.stride)
+        } else {
+            String::new()
+        };
+        let after = if l.pool_after {
+            ", then 2x2 average pool".to_string()
+        } else if l.residual_inner {
+            format!(
+                ", read by the block's second conv ({} filters)",
+                l.consumer_filters
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  layer {i}: {} filters ({}x{} conv on {} channels), output {}x{}{}; a spike drives {} synapses",
+            "  layer {i}: {} filters ({}x{} conv on {} channels{stride}), output {}x{}{after}; a spike drives {} synapses",
             l.filters,
             l.kernel,
             l.kernel,
             l.in_channels,
             l.out_height,
             l.out_width,
-            if l.pool_after {
-                ", then 2x2 average pool"
-            } else {
-                ""
-            },
             l.synapses_per_spike
         );
     }

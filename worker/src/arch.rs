@@ -7,7 +7,14 @@
 //! two pools in a row, a pool before any conv) are refused.
 //!
 //! Presets ([`Architecture::preset`]): `vgg11`, `small` (the CPU default) and `tiny` (tests).
+//!
+//! An [`Architecture`] is either such a VGG list or a spiking ResNet, `resnet:STEM;C1xN1,...`
+//! ([`crate::resnet_arch`], presets `resnet18`, `resnet19`, `resnet-tiny` and their `sew-`
+//! variants). For a ResNet the prunable layers are the blocks' first convs:
+//! [`Architecture::widths`], [`Architecture::with_widths`] and [`Architecture::geometry`] speak of
+//! those, and [`Architecture::residual`] gives the whole network.
 
+use crate::resnet_arch::{ResidualArch, RESIDUAL_PREFIX, RESIDUAL_PRESETS};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -23,6 +30,12 @@ pub enum ArchError {
         text: String,
         index: usize,
         item: String,
+    },
+    #[error("architecture {text:?}: {item:?}: expected {expected}")]
+    BadResidual {
+        text: String,
+        item: String,
+        expected: String,
     },
     #[error("architecture has no conv layer")]
     NoConv,
@@ -63,10 +76,13 @@ pub enum ArchItem {
     Pool,
 }
 
-/// A VGG-style architecture; serialised as its string form (`"64,M,128,M"`).
+/// A VGG-style or residual architecture; serialised as its string form (`"64,M,128,M"`,
+/// `"resnet:16;16x1,32x1"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Architecture {
+    /// The VGG list; empty for a residual network.
     items: Vec<ArchItem>,
+    residual: Option<ResidualArch>,
 }
 
 /// Shape of one input image (channels, height, width).
@@ -102,7 +118,17 @@ impl LayerGeometry {
 
 impl Architecture {
     /// Names accepted by [`Architecture::preset`].
-    pub const PRESETS: [&'static str; 3] = ["vgg11", "small", "tiny"];
+    pub const PRESETS: [&'static str; 9] = [
+        "vgg11",
+        "small",
+        "tiny",
+        RESIDUAL_PRESETS[0],
+        RESIDUAL_PRESETS[1],
+        RESIDUAL_PRESETS[2],
+        RESIDUAL_PRESETS[3],
+        RESIDUAL_PRESETS[4],
+        RESIDUAL_PRESETS[5],
+    ];
 
     /// A named preset: `vgg11` (64,M,128,M,256,256,M,512,512,M,512,512,M), `small` (32,M,64,M,128,M),
     /// `tiny` (8,M,16,M: trains in seconds, for tests).
@@ -111,7 +137,7 @@ impl Architecture {
             "vgg11" => "64,M,128,M,256,256,M,512,512,M,512,512,M",
             "small" => "32,M,64,M,128,M",
             "tiny" => "8,M,16,M",
-            _ => return None,
+            _ => return ResidualArch::preset(name).map(Architecture::from),
         };
         text.parse().ok()
     }
@@ -139,15 +165,27 @@ impl Architecture {
         if !items.iter().any(|i| matches!(i, ArchItem::Conv(_))) {
             return Err(ArchError::NoConv);
         }
-        Ok(Architecture { items })
+        Ok(Architecture {
+            items,
+            residual: None,
+        })
     }
 
+    /// The VGG list (empty for a residual network).
     pub fn items(&self) -> &[ArchItem] {
         &self.items
     }
 
-    /// Filter counts of the prunable layers, in order.
+    /// The residual network, if this is one.
+    pub fn residual(&self) -> Option<&ResidualArch> {
+        self.residual.as_ref()
+    }
+
+    /// Filter counts of the prunable layers, in order (a ResNet's blocks' conv1 widths).
     pub fn widths(&self) -> Vec<usize> {
+        if let Some(r) = &self.residual {
+            return r.inner_widths().to_vec();
+        }
         self.items
             .iter()
             .filter_map(|i| match i {
@@ -160,6 +198,9 @@ impl Architecture {
     /// The same layout (pools in the same places) with new widths, one per conv layer; used by
     /// pruning. `widths` must have one entry per conv layer, each at least 1.
     pub fn with_widths(&self, widths: &[usize]) -> Architecture {
+        if let Some(r) = &self.residual {
+            return r.with_inner_widths(widths).into();
+        }
         let mut next = widths.iter();
         let items = self
             .items
@@ -169,11 +210,20 @@ impl Architecture {
                 ArchItem::Pool => ArchItem::Pool,
             })
             .collect();
-        Architecture { items }
+        Architecture {
+            items,
+            residual: None,
+        }
     }
 
-    /// Per-layer sizes for images of shape `input`, and the classifier's input features.
+    /// Per-layer sizes for images of shape `input`, and the classifier's input features. For a
+    /// ResNet: its prunable layers ([`crate::resnet_arch::ResidualGeometry::prunable_layers`])
+    /// and the last stage's width.
     pub fn geometry(&self, input: InputShape) -> Result<(Vec<LayerGeometry>, usize), ArchError> {
+        if let Some(r) = &self.residual {
+            let g = r.geometry(input)?;
+            return Ok((g.prunable_layers(), g.features()));
+        }
         if input.channels == 0 || input.height == 0 || input.width == 0 {
             return Err(ArchError::EmptyInput {
                 channels: input.channels,
@@ -226,6 +276,9 @@ impl Architecture {
 
 impl fmt::Display for Architecture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(r) = &self.residual {
+            return fmt::Display::fmt(r, f);
+        }
         for (i, item) in self.items.iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
@@ -242,8 +295,12 @@ impl fmt::Display for Architecture {
 impl FromStr for Architecture {
     type Err = ArchError;
 
-    /// Parses `"64,M,128,M"` (spaces around items allowed, `m` accepted for `M`).
+    /// Parses `"64,M,128,M"` (spaces around items allowed, `m` accepted for `M`) or a residual
+    /// string `"resnet:..."` ([`ResidualArch::parse`]).
     fn from_str(text: &str) -> Result<Architecture, ArchError> {
+        if text.trim_start().starts_with(RESIDUAL_PREFIX) {
+            return ResidualArch::parse(text).map(Architecture::from);
+        }
         let items = text
             .split(',')
             .enumerate()
@@ -263,6 +320,15 @@ impl FromStr for Architecture {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Architecture::new(items)
+    }
+}
+
+impl From<ResidualArch> for Architecture {
+    fn from(r: ResidualArch) -> Architecture {
+        Architecture {
+            items: Vec::new(),
+            residual: Some(r),
+        }
     }
 }
 
@@ -312,6 +378,10 @@ mod tests {
         );
         assert!(Architecture::preset("tiny").is_some());
         assert!(Architecture::preset("resnet").is_none());
+        for name in Architecture::PRESETS {
+            let a = Architecture::from_name_or_list(name).unwrap();
+            assert_eq!(a.to_string().parse::<Architecture>().unwrap(), a, "{name}");
+        }
         assert_eq!(
             Architecture::from_name_or_list("small")
                 .unwrap()
@@ -373,6 +443,43 @@ mod tests {
             ]
         );
         assert_eq!(features, 16 * 7 * 7);
+    }
+
+    #[test]
+    fn residual_strings_dispatch_and_round_trip_through_serde() {
+        let a = Architecture::from_name_or_list("resnet:4;4x1,8x1;sew").unwrap();
+        assert!(a.residual().unwrap().sew());
+        assert!(a.items().is_empty());
+        assert_eq!(a.widths(), vec![4, 8]);
+        let pruned = a.with_widths(&[2, 5]);
+        assert_eq!(pruned.to_string(), "resnet:4;4x1,8x1;sew;inner=2,5");
+        let json = serde_json::to_string(&pruned).unwrap();
+        assert_eq!(serde_json::from_str::<Architecture>(&json).unwrap(), pruned);
+        let (layers, features) = pruned.geometry(shape(1, 8, 8)).unwrap();
+        assert_eq!(features, 8);
+        assert_eq!(
+            layers,
+            vec![
+                LayerGeometry {
+                    in_channels: 4,
+                    filters: 2,
+                    height: 8,
+                    width: 8,
+                    pool_after: false
+                },
+                LayerGeometry {
+                    in_channels: 4,
+                    filters: 5,
+                    height: 4,
+                    width: 4,
+                    pool_after: false
+                },
+            ]
+        );
+        assert!(matches!(
+            "resnet:4;4x".parse::<Architecture>(),
+            Err(ArchError::BadResidual { .. })
+        ));
     }
 
     #[test]

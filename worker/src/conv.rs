@@ -50,6 +50,33 @@ fn forward_grads_apply(x: &Tensor, w: &Tensor) -> candle_core::Result<bool> {
     Ok(x.device().is_cuda() && (cin, kh, kw) == (c, 3, 3))
 }
 
+/// `conv2d(x, w, padding 1, stride 2)` with an autograd graph (a residual network's downsampling
+/// conv): the stride-1 im2col columns at every second row and column (output side `ceil(H/2)`),
+/// then one gemm, so the multiplies are those of the strided conv.
+pub(crate) fn conv3x3_stride2_graph(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if !im2col_applies(x, w)? {
+        candle_core::bail!(
+            "conv3x3_stride2_graph: a CPU tensor and a 3x3 kernel over its channels"
+        );
+    }
+    let (n, c, h, wd) = x.dims4()?;
+    let (ho, wo) = (h.div_ceil(2), wd.div_ceil(2));
+    let out = w.dim(0)?;
+    let cols = x.contiguous()?.apply_op1(Im2Col3x3)?;
+    let keep: Vec<u32> = (0..n)
+        .flat_map(|img| {
+            (0..ho)
+                .flat_map(move |y| (0..wo).map(move |x| (img * h * wd + 2 * y * wd + 2 * x) as u32))
+        })
+        .collect();
+    let cols = cols.index_select(&Tensor::new(keep.as_slice(), x.device())?, 1)?;
+    let y = w.reshape((out, c * 9))?.matmul(&cols)?;
+    y.reshape((out, n, ho * wo))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((n, out, ho, wo))
+}
+
 /// Whether the im2col path serves `x` and `w`: a CPU tensor and a 3x3 kernel over its channels.
 fn im2col_applies(x: &Tensor, w: &Tensor) -> candle_core::Result<bool> {
     let (_, c, _, _) = x.dims4()?;

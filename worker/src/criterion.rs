@@ -127,10 +127,10 @@ pub fn uniform_keep_for_macs(
 /// L1 norm of every filter's conv weights, per prunable layer.
 pub fn filter_l1_norms(model: &SnnModel) -> Result<Vec<Vec<f64>>, CriterionError> {
     let state: HashMap<String, Tensor> = model.state().into_iter().collect();
-    let names = crate::model_file::layer_names(model.geometry());
+    let names = crate::model_file::prunable_conv_names(model);
     let mut norms = Vec::with_capacity(names.len());
     for n in &names {
-        let name = format!("{}.weight", n.conv);
+        let name = format!("{n}.weight");
         let weight = state
             .get(&name)
             .ok_or_else(|| ModelError::MissingTensor { name: name.clone() })?;
@@ -313,5 +313,29 @@ mod tests {
 
     fn keep_filters(d: &ModelDescription) -> Vec<usize> {
         d.layers.iter().map(|l| l.filters as usize).collect()
+    }
+
+    #[test]
+    fn l1_selection_on_a_resnet_reads_the_blocks_inner_convs_and_prunes_to_the_macs() {
+        let model = SnnModel::new(tiny_spec("resnet:3;4x1,6x1", 2), &Device::Cpu, 1).unwrap();
+        let state: HashMap<String, Tensor> = model.state().into_iter().collect();
+        let norms = filter_l1_norms(&model).unwrap();
+        assert_eq!(norms.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 6]);
+        let w = state["layer2.0.conv1.weight"].to_dtype(DType::F64).unwrap();
+        let filter2: f64 = w
+            .get(2)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!((norms[1][2] - filter2).abs() < 1e-9);
+        let description = model.description();
+        let (_, keep, macs) =
+            uniform_keep_for_macs(&description, cost::dense_macs(&description) * 3 / 4).unwrap();
+        let masks = select_filters(&model, Criterion::L1, &keep, 0).unwrap();
+        assert_eq!(model.prune(&masks).unwrap().macs(), macs);
     }
 }

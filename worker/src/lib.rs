@@ -5,7 +5,8 @@
 //!   gradients, plus a fused no-graph path for inference.
 //! - [`lif_kernel`]: the fused LIF GPU kernels' arguments and their CPU twin (the kernels,
 //!   `worker/cuda/lif.cu`, are launched by `lif_cuda` in a `cuda` build).
-//! - [`arch`]: VGG-style architectures from `"64,M,128,M"` strings and presets, with their geometry.
+//! - [`arch`]: VGG-style architectures from `"64,M,128,M"` strings and presets, with their geometry;
+//!   [`resnet_arch`]: spiking ResNets (`resnet:16;16x1,32x1`, `resnet18`, ...).
 //! - [`model`]: [`model::ModelSpec`] and [`model::SnnModel`]: init, training/eval forward passes,
 //!   the model description for the master, MACs and parameters.
 //! - [`model_file`]: safetensors files (PyTorch `state_dict` names, the spec in the metadata).
@@ -50,5 +51,6 @@ pub mod model;
 pub mod model_file;
 pub mod prefix;
 pub mod prune;
+pub mod resnet_arch;
 pub mod runtime;
 pub mod train;

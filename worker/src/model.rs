@@ -17,6 +17,10 @@
 //! both give the same spikes. The layer-0 batch statistics are taken over the B images once (a
 //! T-fold copy has the same mean and biased variance).
 //!
+//! A spiking ResNet ([`crate::resnet_arch`]) lives in [`SnnModel`] too: its stem and blocks are in
+//! the `residual` field (module `resnet`, file `resnet_model.rs`), its classifier is the VGG one,
+//! and every pass dispatches there.
+//!
 //! Every forward pass first checks the computing thread's cancellation token ([`crate::cancel`]):
 //! once it is cancelled, the pass fails with [`ModelError::Cancelled`].
 
@@ -29,6 +33,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ops::Range;
+
+#[path = "resnet_model.rs"]
+pub(crate) mod resnet;
 
 /// Batch-norm epsilon (PyTorch's default).
 pub const BN_EPS: f64 = 1e-5;
@@ -219,7 +226,7 @@ pub(crate) struct ConvBlock {
     pub(crate) running_var: Var,
 }
 
-/// A spiking VGG with its weights on one device.
+/// A spiking VGG or ResNet with its weights on one device.
 ///
 /// Weights are candle [`Var`]s: [`SnnModel::trainable_vars`] hands them to an optimiser, and
 /// [`SnnModel::forward`] with `train = true` updates the batch-norm running statistics in place.
@@ -233,6 +240,8 @@ pub struct SnnModel {
     pub(crate) blocks: Vec<ConvBlock>,
     pub(crate) classifier_weight: Var,
     pub(crate) classifier_bias: Var,
+    /// The stem and blocks of a residual network (then `blocks` is empty).
+    pub(crate) residual: Option<resnet::ResNet>,
     norm_mean: Tensor,
     norm_std: Tensor,
 }
@@ -240,6 +249,12 @@ pub struct SnnModel {
 /// Expected parameter and buffer shapes of a spec, in state-dict order.
 pub(crate) fn expected_shapes(spec: &ModelSpec) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
     let (geometry, features) = spec.geometry()?;
+    if let Some(r) = spec.architecture.residual() {
+        return Ok(resnet::expected_shapes(
+            &r.geometry(spec.input)?,
+            spec.classes(),
+        ));
+    }
     let names = crate::model_file::layer_names(&geometry);
     let mut out = Vec::new();
     for (g, n) in geometry.iter().zip(&names) {
@@ -267,7 +282,7 @@ impl SnnModel {
         let mut state = HashMap::new();
         for (name, shape) in shapes {
             let n: usize = shape.iter().product();
-            let values: Vec<f32> = if name.starts_with("classifier.") {
+            let values: Vec<f32> = if name.starts_with("classifier.") || name.starts_with("fc.") {
                 let fan_in = spec_classifier_fan_in(&spec)?;
                 let bound = 1.0 / (fan_in as f32).sqrt();
                 (0..n).map(|_| rng.random_range(-bound..bound)).collect()
@@ -319,15 +334,24 @@ impl SnnModel {
                 expected: "a tensor for every parameter".into(),
             })
         };
+        let residual = match spec.architecture.residual() {
+            Some(r) => Some(resnet::ResNet::from_vars(
+                r.geometry(spec.input)?,
+                &mut next,
+            )?),
+            None => None,
+        };
         let mut blocks = Vec::with_capacity(geometry.len());
-        for _ in &geometry {
-            blocks.push(ConvBlock {
-                weight: next()?,
-                bn_weight: next()?,
-                bn_bias: next()?,
-                running_mean: next()?,
-                running_var: next()?,
-            });
+        if residual.is_none() {
+            for _ in &geometry {
+                blocks.push(ConvBlock {
+                    weight: next()?,
+                    bn_weight: next()?,
+                    bn_bias: next()?,
+                    running_mean: next()?,
+                    running_var: next()?,
+                });
+            }
         }
         let classifier_weight = next()?;
         let classifier_bias = next()?;
@@ -342,6 +366,7 @@ impl SnnModel {
             blocks,
             classifier_weight,
             classifier_bias,
+            residual,
             norm_mean,
             norm_std,
         })
@@ -349,6 +374,15 @@ impl SnnModel {
 
     /// Parameters and buffers by state-dict name, in [`expected_shapes`] order (detached views).
     pub(crate) fn state(&self) -> Vec<(String, Tensor)> {
+        if let Some(r) = &self.residual {
+            let mut out = r.state();
+            out.push((
+                "fc.weight".into(),
+                self.classifier_weight.as_tensor().detach(),
+            ));
+            out.push(("fc.bias".into(), self.classifier_bias.as_tensor().detach()));
+            return out;
+        }
         let names = crate::model_file::layer_names(&self.geometry);
         let mut out = Vec::new();
         for (b, n) in self.blocks.iter().zip(&names) {
@@ -396,7 +430,7 @@ impl SnnModel {
 
     /// Number of prunable (conv) layers.
     pub fn num_layers(&self) -> usize {
-        self.blocks.len()
+        self.geometry.len()
     }
 
     /// A copy on `device` sharing no storage with `self`.
@@ -428,6 +462,9 @@ impl SnnModel {
         for b in &copy.blocks {
             b.weight.set(&b.weight.as_tensor().affine(factor, 0.0)?)?;
         }
+        for c in copy.residual.iter().flat_map(|r| r.convs()) {
+            c.weight.set(&c.weight.as_tensor().affine(factor, 0.0)?)?;
+        }
         Ok(copy)
     }
 
@@ -439,7 +476,10 @@ impl SnnModel {
     /// Trainable parameters (conv weights, batch-norm weights and biases, classifier weight and bias);
     /// running statistics are buffers and not included.
     pub fn trainable_vars(&self) -> Vec<Var> {
-        let mut vars = Vec::with_capacity(3 * self.blocks.len() + 2);
+        let mut vars = match &self.residual {
+            Some(r) => r.trainable_vars(),
+            None => Vec::with_capacity(3 * self.blocks.len() + 2),
+        };
         for b in &self.blocks {
             vars.push(b.weight.clone());
             vars.push(b.bn_weight.clone());
@@ -561,6 +601,9 @@ impl SnnModel {
         crate::cancel::check()?;
         self.check_pixels(pixels)?;
         let mut x = self.normalise(pixels)?;
+        if let Some(r) = &self.residual {
+            return self.resnet_graph(r, x, train, weight_grads);
+        }
         for l in 0..self.blocks.len() {
             let drive = if l == 0 {
                 Drive::Constant
@@ -597,13 +640,29 @@ impl SnnModel {
 
     /// The inference pass from layer `start`: `input` is the normalised image for `start = 0`, else
     /// the pre-pool spikes `[T*B, ...]` of layer `start - 1`. `visit(l, spikes)` sees the pre-pool
-    /// spikes of every layer run.
+    /// spikes of every layer run. For a residual network: `input` is the block `start`'s input
+    /// (the normalised image for 0, where the stem runs first) and `visit(lif, output)` sees every
+    /// spiking layer's output, numbered by [`resnet::ResNet::first_lif`].
     pub(crate) fn run_inference(
         &self,
         start: usize,
         input: Tensor,
         mut visit: impl FnMut(usize, &Tensor) -> Result<(), ModelError>,
     ) -> Result<Tensor, ModelError> {
+        if let Some(r) = &self.residual {
+            let start = if start == 0 {
+                resnet::Start::Image(input)
+            } else {
+                resnet::Start::Block(start, input)
+            };
+            return self.resnet_pass(
+                r,
+                start,
+                resnet::Pass::Inference,
+                &mut visit,
+                &mut |_, _| Ok(()),
+            );
+        }
         crate::cancel::check()?;
         let mut x = if start == 0 {
             input
@@ -718,6 +777,9 @@ impl SnnModel {
 
     /// The description the master optimises over, from the actual weight shapes.
     pub fn description(&self) -> ccsrp_proto::v1::ModelDescription {
+        if let Some(r) = &self.residual {
+            return self.resnet_description(r);
+        }
         let layers = self
             .blocks
             .iter()
@@ -731,6 +793,7 @@ impl SnnModel {
                     out_height: g.height as u32,
                     out_width: g.width as u32,
                     pool_after: g.pool_after,
+                    ..Default::default()
                 }
             })
             .collect::<Vec<_>>();
@@ -744,6 +807,7 @@ impl SnnModel {
             classifier_spatial: (features / last_filters.max(1)) as u32,
             classes: classes as u32,
             timesteps: self.spec.timesteps as u32,
+            ..Default::default()
         }
     }
 
@@ -755,6 +819,10 @@ impl SnnModel {
     /// Multiply-accumulates of one image over all T steps, from the weight shapes
     /// (`T * (sum_l k^2 * in_l * out_l * H_l * W_l + features * classes)`).
     pub fn macs(&self) -> u64 {
+        if let Some(r) = &self.residual {
+            let fc = self.classifier_weight.as_tensor().elem_count() as u64;
+            return self.spec.timesteps as u64 * (r.macs_per_step() + fc);
+        }
         let conv: u64 = self
             .blocks
             .iter()

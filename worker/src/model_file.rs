@@ -12,6 +12,10 @@
 //!   The classifier is `classifier.weight` `[classes, features]` and `classifier.bias` `[classes]`,
 //!   features flattened in (C, H, W) order. For `"8,M,16,M"`: `features.0.weight`,
 //!   `features.1.*`, `features.4.weight`, `features.5.*`, `classifier.*`.
+//! - A residual network ([`crate::resnet_arch`]) uses spikingjelly's ResNet names instead
+//!   (`conv1.weight`, `bn1.*`, `layer{s}.{b}.conv1.weight`, `layer{s}.{b}.bn1.*`,
+//!   `layer{s}.{b}.conv2.weight`, `layer{s}.{b}.bn2.*`, `layer{s}.{b}.downsample.{0,1}.*`,
+//!   `fc.*`; the full rule is in `resnet_model.rs`).
 //! - Files are written in f32. Loading accepts F32, F64, F16 and BF16 (converted to f32), skips
 //!   PyTorch's `*.num_batches_tracked` counters, and refuses any other extra tensor (it would be a
 //!   parameter this model does not have, e.g. a conv bias), a missing or mis-shaped tensor, absent or
@@ -82,6 +86,23 @@ pub(crate) fn layer_names(geometry: &[LayerGeometry]) -> Vec<LayerNames> {
             names
         })
         .collect()
+}
+
+/// State-dict names (without `.weight`) of the prunable convs, in layer order: `features.{i}`
+/// (VGG) or `layer{s}.{b}.conv1` (a residual block's inner conv).
+pub(crate) fn prunable_conv_names(model: &SnnModel) -> Vec<String> {
+    match &model.residual {
+        Some(r) => r
+            .geometry
+            .blocks
+            .iter()
+            .map(|b| format!("{}.conv1", crate::model::resnet::block_prefix(b)))
+            .collect(),
+        None => layer_names(model.geometry())
+            .into_iter()
+            .map(|n| n.conv)
+            .collect(),
+    }
 }
 
 impl SnnModel {
@@ -461,5 +482,151 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope.safetensors"), "{err}");
+    }
+
+    /// spikingjelly's `state_dict` of `resnet:4;4x1,8x1` on 1x12x12 images with 3 classes,
+    /// written out as PyTorch names it (`spiking_resnet` with the CIFAR stem; the LIF modules
+    /// `sn1`, `sn2` hold no tensors), with the shapes a 1-channel model has.
+    const SPIKINGJELLY_RESNET: [(&str, &[usize]); 38] = [
+        ("conv1.weight", &[4, 1, 3, 3]),
+        ("bn1.weight", &[4]),
+        ("bn1.bias", &[4]),
+        ("bn1.running_mean", &[4]),
+        ("bn1.running_var", &[4]),
+        ("bn1.num_batches_tracked", &[]),
+        ("layer1.0.conv1.weight", &[4, 4, 3, 3]),
+        ("layer1.0.bn1.weight", &[4]),
+        ("layer1.0.bn1.bias", &[4]),
+        ("layer1.0.bn1.running_mean", &[4]),
+        ("layer1.0.bn1.running_var", &[4]),
+        ("layer1.0.bn1.num_batches_tracked", &[]),
+        ("layer1.0.conv2.weight", &[4, 4, 3, 3]),
+        ("layer1.0.bn2.weight", &[4]),
+        ("layer1.0.bn2.bias", &[4]),
+        ("layer1.0.bn2.running_mean", &[4]),
+        ("layer1.0.bn2.running_var", &[4]),
+        ("layer1.0.bn2.num_batches_tracked", &[]),
+        ("layer2.0.conv1.weight", &[8, 4, 3, 3]),
+        ("layer2.0.bn1.weight", &[8]),
+        ("layer2.0.bn1.bias", &[8]),
+        ("layer2.0.bn1.running_mean", &[8]),
+        ("layer2.0.bn1.running_var", &[8]),
+        ("layer2.0.bn1.num_batches_tracked", &[]),
+        ("layer2.0.conv2.weight", &[8, 8, 3, 3]),
+        ("layer2.0.bn2.weight", &[8]),
+        ("layer2.0.bn2.bias", &[8]),
+        ("layer2.0.bn2.running_mean", &[8]),
+        ("layer2.0.bn2.running_var", &[8]),
+        ("layer2.0.bn2.num_batches_tracked", &[]),
+        ("layer2.0.downsample.0.weight", &[8, 4, 1, 1]),
+        ("layer2.0.downsample.1.weight", &[8]),
+        ("layer2.0.downsample.1.bias", &[8]),
+        ("layer2.0.downsample.1.running_mean", &[8]),
+        ("layer2.0.downsample.1.running_var", &[8]),
+        ("layer2.0.downsample.1.num_batches_tracked", &[]),
+        ("fc.weight", &[3, 8]),
+        ("fc.bias", &[3]),
+    ];
+
+    fn resnet_model(arch: &str) -> SnnModel {
+        SnnModel::new(tiny_spec(arch, 2), &Device::Cpu, 5).unwrap()
+    }
+
+    /// The fixed list as another tool would write it: float tensors hold their index in the list
+    /// (so a name mix-up shows), counters are i64 scalars.
+    fn spikingjelly_file(m: &SnnModel, skip: Option<&str>) -> Vec<u8> {
+        let tensors: Vec<(String, Tensor)> = SPIKINGJELLY_RESNET
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, _))| Some(*name) != skip)
+            .map(|(i, (name, shape))| {
+                let t = if shape.is_empty() {
+                    Tensor::new(3i64, &Device::Cpu).unwrap()
+                } else {
+                    let n: usize = shape.iter().product();
+                    // Positive values: running variances must be, the rest does not care.
+                    let v: Vec<f32> = (0..n).map(|k| (i + 1) as f32 + k as f32 * 1e-3).collect();
+                    Tensor::from_vec(v, *shape, &Device::Cpu).unwrap()
+                };
+                (name.to_string(), t)
+            })
+            .collect();
+        file_with(m, tensors)
+    }
+
+    #[test]
+    fn a_spikingjelly_named_resnet_state_dict_loads_as_saved() {
+        for arch in ["resnet:4;4x1,8x1", "resnet:4;4x1,8x1;sew"] {
+            let m = resnet_model(arch);
+            let ours: Vec<String> = m.state().into_iter().map(|(n, _)| n).collect();
+            let theirs: Vec<&str> = SPIKINGJELLY_RESNET
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| !n.ends_with("num_batches_tracked"))
+                .collect();
+            assert_eq!(ours, theirs, "{arch}");
+            let back = SnnModel::from_bytes(&spikingjelly_file(&m, None), &Device::Cpu).unwrap();
+            let state: HashMap<String, Tensor> = back.state().into_iter().collect();
+            for (i, (name, shape)) in SPIKINGJELLY_RESNET.iter().enumerate() {
+                if shape.is_empty() {
+                    continue;
+                }
+                let first = state[*name]
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()[0];
+                assert_eq!(first, (i + 1) as f32, "{arch}: {name}");
+                assert_eq!(state[*name].dims(), *shape, "{arch}: {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn resnet_files_round_trip_and_name_missing_or_misshapen_tensors() {
+        for arch in ["resnet:3;3x1,4x2", "resnet:3;3x1,4x2;sew;inner=2,3,1"] {
+            let m = resnet_model(arch);
+            let bytes = m.to_bytes().unwrap();
+            let back = SnnModel::from_bytes(&bytes, &Device::Cpu).unwrap();
+            assert_eq!(logits(&back), logits(&m), "{arch}");
+            assert_eq!(read_spec_from_bytes(&bytes).unwrap(), *m.spec());
+            assert_eq!(back.spec().architecture.to_string(), arch);
+        }
+        let m = resnet_model("resnet:4;4x1,8x1");
+        let err = SnnModel::from_bytes(
+            &spikingjelly_file(&m, Some("layer2.0.downsample.0.weight")),
+            &Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("tensor layer2.0.downsample.0.weight is missing"),
+            "{err}"
+        );
+        let mut tensors = m.state();
+        for (name, t) in tensors.iter_mut() {
+            if name == "layer1.0.conv1.weight" {
+                *t = Tensor::zeros((4, 4, 1, 1), DType::F32, &Device::Cpu).unwrap();
+            }
+        }
+        let err = SnnModel::from_bytes(&file_with(&m, tensors), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tensor layer1.0.conv1.weight: expected shape [4, 4, 3, 3]"),
+            "{err}"
+        );
+        let mut tensors = m.state();
+        tensors.push((
+            "layer1.0.downsample.0.weight".into(),
+            Tensor::zeros((4, 4, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+        ));
+        let err = SnnModel::from_bytes(&file_with(&m, tensors), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unexpected tensor layer1.0.downsample.0.weight"),
+            "{err}"
+        );
     }
 }

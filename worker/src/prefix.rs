@@ -8,13 +8,33 @@
 //! Entry 0 is the normalised image `[B, C, H, W]` f32. Entry l >= 1 is the spike output of layer
 //! l-1 *before* its pool, `[T*B, C, H, W]` as u8 (spikes are 0/1: exact, a quarter of f32); the pool
 //! is re-applied in [`SnnModel::forward_from`], because pooled spikes are no longer binary.
+//!
+//! In a residual network prunable layer l is block l's conv1, and entry l is what enters block l
+//! (`[T*B, C, H, W]`, the stem's spikes for l = 0): spikes, or for SEW-ResNet small integers (at
+//! most one more than the blocks before), stored as u8 too (f32 in a network of 255 blocks or more).
 
+use crate::model::resnet::{Pass, ResNet, Start};
 use crate::model::{ModelError, SnnModel};
 use candle_core::{DType, Tensor};
 
 impl SnnModel {
     /// What enters every conv layer for `pixels` (`[B, C, H, W]` in [0, 1]); see the module doc.
     pub fn layer_inputs(&self, pixels: &Tensor) -> Result<Vec<Tensor>, ModelError> {
+        if let Some(r) = &self.residual {
+            let mut inputs = Vec::with_capacity(r.blocks.len());
+            let image = self.normalised_input(pixels)?;
+            self.resnet_pass(
+                r,
+                Start::Image(image),
+                Pass::Inference,
+                &mut |_, _| Ok(()),
+                &mut |_, x| {
+                    inputs.push(x.to_dtype(cache_dtype(r))?);
+                    Ok(())
+                },
+            )?;
+            return Ok(inputs);
+        }
         let layers = self.num_layers();
         let mut inputs = vec![self.normalised_input(pixels)?];
         self.run_inference(0, inputs[0].clone(), |l, spikes| {
@@ -35,7 +55,10 @@ impl SnnModel {
             return Err(ModelError::NoSuchLayer { layer, layers });
         }
         let t = self.spec().timesteps;
-        let expected = if layer == 0 {
+        let expected = if let Some(r) = &self.residual {
+            let b = &r.geometry.blocks[layer];
+            (b.in_channels, b.in_height, b.in_width, t)
+        } else if layer == 0 {
             let i = self.spec().input;
             (i.channels, i.height, i.width, 1)
         } else {
@@ -49,7 +72,7 @@ impl SnnModel {
                 what: "layer input shape",
                 expected: format!(
                     "[{}, {}, {}, {}] for layer {layer}",
-                    if layer == 0 { "B" } else { "T*B" },
+                    if expected.3 == 1 { "B" } else { "T*B" },
                     expected.0,
                     expected.1,
                     expected.2
@@ -58,7 +81,25 @@ impl SnnModel {
             });
         }
         let input = input.detach().to_dtype(DType::F32)?;
+        if let Some(r) = &self.residual {
+            return self.resnet_pass(
+                r,
+                Start::Block(layer, input),
+                Pass::Inference,
+                &mut |_, _| Ok(()),
+                &mut |_, _| Ok(()),
+            );
+        }
         self.run_inference(layer, input, |_, _| Ok(()))
+    }
+}
+
+/// How a residual network's block inputs are cached: u8 while they fit (module doc).
+fn cache_dtype(r: &ResNet) -> DType {
+    if r.blocks.len() < 255 {
+        DType::U8
+    } else {
+        DType::F32
     }
 }
 

@@ -5,6 +5,11 @@
 //! channel (weight, bias, running statistics), input channel f of conv l+1, or, for the last layer,
 //! the classifier's input features `f*HW..(f+1)*HW` (flatten order C, H, W). The result's spec has
 //! the smaller widths; everything else (LIF, T, normalisation, classes) is unchanged.
+//!
+//! In a residual network, pruning filter f of prunable layer l (block l's conv1) removes output
+//! channel f of that conv1, its `bn1` channel and input channel f of the block's conv2; the
+//! residual path (stem, conv2 outputs, shortcuts, classifier) keeps all its channels. The spec
+//! records the new inner widths (`;inner=...`).
 
 use crate::model::{ModelError, SnnModel};
 use candle_core::Tensor;
@@ -36,6 +41,27 @@ impl SnnModel {
                 name: name.to_string(),
             })
         };
+        if let Some(r) = &self.residual {
+            let mut pruned = state.clone();
+            for (b, k) in r.geometry.blocks.iter().zip(&kept) {
+                let p = crate::model::resnet::block_prefix(b);
+                let rows = Tensor::new(k.as_slice(), device)?;
+                let mut names = vec![format!("{p}.conv1.weight")];
+                names.extend(
+                    ["weight", "bias", "running_mean", "running_var"]
+                        .map(|suffix| format!("{p}.bn1.{suffix}")),
+                );
+                for name in names {
+                    pruned.insert(name.clone(), tensor(&name)?.index_select(&rows, 0)?);
+                }
+                let name = format!("{p}.conv2.weight");
+                pruned.insert(name.clone(), tensor(&name)?.index_select(&rows, 1)?);
+            }
+            let mut spec = self.spec().clone();
+            let widths: Vec<usize> = kept.iter().map(Vec::len).collect();
+            spec.architecture = spec.architecture.with_widths(&widths);
+            return SnnModel::from_state(spec, device, &pruned);
+        }
         let names = crate::model_file::layer_names(geometry);
         let mut pruned = HashMap::new();
         for (l, n) in names.iter().enumerate() {

@@ -43,6 +43,7 @@ pub fn description() -> ModelDescription {
                 out_height: side,
                 out_width: side,
                 pool_after: i % 2 == 1,
+                ..Default::default()
             };
             in_channels = w;
             l
@@ -53,6 +54,7 @@ pub fn description() -> ModelDescription {
         classifier_spatial: 64,
         classes: 10,
         timesteps: 4,
+        ..Default::default()
     }
 }
 
