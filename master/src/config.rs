@@ -241,7 +241,8 @@ pub enum AdversarialTraining {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PretrainParams {
-    /// Architecture name or conv/pool list understood by the worker (e.g. "small", "vgg11").
+    /// Architecture name or description understood by the worker (e.g. "small", "vgg11",
+    /// "32,M,64,M", "resnet-tiny", "resnet:16;16x1,32x1").
     pub arch: String,
     pub timesteps: u32,
     pub epochs: u32,

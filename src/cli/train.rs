@@ -38,7 +38,9 @@ pub struct TrainArgs {
     /// Where the dataset's files are (fashion-mnist defaults to /usr/share/datasets/fashion-mnist).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Architecture: a preset (small, vgg11, tiny) or a list of conv widths and M (pool), e.g. 32,M,64,M.
+    /// Architecture: a VGG preset (small, vgg11, tiny) or a list of conv widths and M (pool), e.g.
+    /// 32,M,64,M; or a spiking ResNet: resnet18, resnet19, resnet-tiny, their sew- variants, or
+    /// resnet:STEM;C1xN1,C2xN2,...[;sew], e.g. resnet:16;16x1,32x1,64x1.
     #[arg(long, default_value = "small")]
     pub arch: String,
     /// Simulation time steps T.
