@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One pruning experiment end to end, with the tool's own commands:
 #
-#   experiments/run.sh NAME [STEP...]        NAME: fashion-mnist | cifar10
+#   experiments/run.sh NAME [STEP...]        NAME: an experiments/NAME.env (fashion-mnist, cifar10, fashion-mnist-resnet, ...)
 #
 # Steps (all by default, in this order; a step whose output exists is skipped, so a run resumes):
 #   dense      ccsrp train: the dense SNN, adversarially trained (FGSM in half of each batch), on
@@ -10,7 +10,8 @@
 #   ccsrp      ccsrp run: the CCSRP job (NAME.toml) on that dense model
 #   baselines  ccsrp prune: the dense control (--keep-ratio 1.0), L1 and random at the CCSRP
 #              network's MACs (--match) and at 50 % and 70 % of the dense MACs removed, each with
-#              the job's fine-tuning recipe and the epochs the CCSRP answer received
+#              the job's fine-tuning recipe and the epochs the CCSRP answer received (BASELINES in
+#              NAME.env, space-separated, limits them: e.g. "control l1-match random-match")
 #   strong     ccsrp eval --strong $STRONG_FLAGS on the same test images for every network
 #              (transfer from dense)
 #   table      experiments/table.py: results.md and results.json
@@ -20,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-name=${1:?usage: experiments/run.sh fashion-mnist|cifar10 [dense ccsrp baselines strong table]}
+name=${1:?usage: experiments/run.sh fashion-mnist|cifar10|fashion-mnist-resnet|... [dense ccsrp baselines strong table]}
 shift
 [ -f "experiments/$name.env" ] || { echo "no experiments/$name.env" >&2; exit 2; }
 # shellcheck source=/dev/null
@@ -84,6 +85,9 @@ for step in "${steps[@]}"; do
       local out=$1
       shift
       [ -f "$work/$out/summary.json" ] && return 0
+      if [ -n "${BASELINES:-}" ] && [[ " $BASELINES " != *" $out "* ]]; then
+        return 0
+      fi
       timed "$bin" prune --model "$work/dense.safetensors" --budget-from "$summary" "$@" \
         --out "$work/$out"
     }
