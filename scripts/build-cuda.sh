@@ -13,7 +13,7 @@
 #      link-time stub of the driver library (lib/stubs/libcuda.so). The stub is for the linker only:
 #      never ship it or put it on LD_LIBRARY_PATH; the real libcuda.so.1 comes with the NVIDIA driver.
 #      nvcc must be 13.0.x: a newer nvcc writes PTX that a CUDA 13.0 driver (580.x) refuses.
-#      cuDNN 9 (PyPI's nvidia-cudnn-cu13, about 700 MB more downloaded) goes to $CCSRP_CUDA_HOME/cudnn
+#      cuDNN 9 (PyPI's nvidia-cudnn-cu13, about 350 MB more downloaded) goes to $CCSRP_CUDA_HOME/cudnn
 #      (headers, libcudnn.so.9); the build links it through CUDNN_LIB.
 #   3. `cargo build --release --features cuda,cudnn` into its own target dir ($CARGO_TARGET_DIR, default
 #      target/cuda) so it never invalidates the normal static builds, with RUSTFLAGS overriding the

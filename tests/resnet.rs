@@ -67,9 +67,7 @@ fn the_resnet_tiny_preset_trains_and_its_file_names_the_spikingjelly_tensors() {
     assert!(layers.iter().all(|l| l["residual_inner"] == true), "{info}");
     assert_eq!(layers[1]["stride"], 2);
     // The tensor names are spikingjelly's: read them from the safetensors header.
-    let bytes = std::fs::read(&model).unwrap();
-    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let header = safetensors_header(Path::new(&model));
     for name in [
         "conv1.weight",
         "bn1.running_var",
@@ -158,4 +156,65 @@ fn a_job_on_a_residual_network_prunes_only_the_inner_convs() {
         .map(|l| l["filters"].as_u64().unwrap())
         .collect();
     assert_eq!(kept, pruned);
+    // Only the inner convs changed: the residual path's tensors keep their dense shapes.
+    let header = safetensors_header(&model);
+    let spec: serde_json::Value =
+        serde_json::from_str(header["__metadata__"]["ccsrp.model_spec"].as_str().unwrap()).unwrap();
+    let arch = spec["architecture"].as_str().unwrap();
+    assert!(arch.starts_with(SMALL_RESNET), "{arch}");
+    let shape = |name: &str| header[name]["shape"].clone();
+    assert_eq!(shape("fc.weight"), serde_json::json!([10, 8]));
+    assert_eq!(shape("conv1.weight"), serde_json::json!([4, 3, 3, 3]));
+    assert_eq!(
+        shape("layer2.0.downsample.0.weight"),
+        serde_json::json!([8, 4, 1, 1])
+    );
+    for (block, (out, kept)) in [("layer1.0", (4, pruned[0])), ("layer2.0", (8, pruned[1]))] {
+        assert_eq!(shape(&format!("{block}.conv1.weight"))[0], kept, "{block}");
+        assert_eq!(shape(&format!("{block}.conv2.weight"))[0], out, "{block}");
+        assert_eq!(shape(&format!("{block}.conv2.weight"))[1], kept, "{block}");
+    }
+}
+
+/// The JSON header of a safetensors file.
+fn safetensors_header(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[8..8 + len]).unwrap()
+}
+
+/// The master reads a ResNet's description from the file's tensor names (no tensor code); the
+/// worker builds it from its own model. Both must agree field by field, dense and pruned, plain
+/// and SEW, or the master would optimise MACs the worker does not run.
+#[test]
+fn the_master_reads_the_description_the_worker_builds() {
+    use ccsrp_worker::arch::{Architecture, InputShape};
+    use ccsrp_worker::model::{ModelSpec, SnnModel};
+    let device = ccsrp_worker::device::parse_device("cpu").unwrap();
+    for (arch, input) in [
+        ("resnet:3;3x1,4x2,5x1,4x1", (3, 9, 7)),
+        ("resnet:3;3x1,4x2,5x1,4x1;sew", (1, 8, 8)),
+        ("resnet:3;5x1", (2, 5, 6)),
+        ("resnet:4;4x1,8x2;inner=2,8,3", (3, 12, 12)),
+    ] {
+        let architecture = Architecture::from_name_or_list(arch).unwrap();
+        let input = InputShape {
+            channels: input.0,
+            height: input.1,
+            width: input.2,
+        };
+        let classes = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let spec = ModelSpec::new(architecture, 2, input, classes);
+        let model = SnnModel::new(spec, &device, 3).unwrap();
+        let bytes = model.to_bytes().unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let read = ccsrp_master::dense_model::description_from_header(&bytes[8..8 + len])
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(read, model.description(), "{arch}");
+        assert_eq!(
+            ccsrp_proto::cost::dense_macs(&read),
+            model.macs(),
+            "{arch}: the master's MACs are the model's"
+        );
+    }
 }

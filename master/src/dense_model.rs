@@ -216,12 +216,40 @@ fn residual_description(
     if blocks.is_empty() {
         return Err("no residual block (no tensor layer{s}.{b}.conv1.weight)".into());
     }
+    // Stages numbered 1, 2, ... and blocks 0, 1, ... in each, without gaps: the stride rule
+    // (first block of every later stage) depends on it.
+    for (i, &(stage, block)) in blocks.iter().enumerate() {
+        let expected = match i.checked_sub(1).map(|p| blocks[p]) {
+            None => [(1, 0)].to_vec(),
+            Some((s, b)) => [(s, b + 1), (s + 1, 0)].to_vec(),
+        };
+        if !expected.contains(&(stage, block)) {
+            return Err(format!(
+                "residual blocks must be numbered layer1.0, layer1.1, ..., layer2.0, ... without gaps; found layer{stage}.{block} after {}",
+                i.checked_sub(1)
+                    .map_or("the stem".to_string(), |p| format!("layer{}.{}", blocks[p].0, blocks[p].1))
+            ));
+        }
+    }
+    let kernel = |name: &str, s: &[u64], k: u64| {
+        if s[2] == k && s[3] == k {
+            Ok(())
+        } else {
+            Err(format!(
+                "tensor {name} has a {}x{} kernel, expected {k}x{k} (the CIFAR-stem spiking ResNet)",
+                s[2], s[3]
+            ))
+        }
+    };
+    kernel("conv1.weight", &stem, 3)?;
     let mut channels = stem[0];
     let mut layers = Vec::with_capacity(blocks.len());
     for &(stage, block) in &blocks {
         let prefix = format!("layer{stage}.{block}");
         let conv1 = shape_of(header, &format!("{prefix}.conv1.weight"), 4)?;
         let conv2 = shape_of(header, &format!("{prefix}.conv2.weight"), 4)?;
+        kernel(&format!("{prefix}.conv1.weight"), &conv1, 3)?;
+        kernel(&format!("{prefix}.conv2.weight"), &conv2, 3)?;
         if conv1[1] != channels {
             return Err(format!(
                 "{prefix}.conv1.weight reads {} channels, the residual path has {channels}",
@@ -240,12 +268,13 @@ fn residual_description(
         let shortcut = format!("{prefix}.downsample.0.weight");
         match shape(header, &shortcut) {
             Some(s) if s.len() == 4 => {
+                kernel(&shortcut, &s, 1)?;
                 fixed_macs = fixed_macs
                     .checked_add(mul(&[s[0], s[1], s[2], s[3], height, width])?)
                     .ok_or_else(overflow)?;
                 fixed_parameters = fixed_parameters
                     .checked_add(mul(&[s[0], s[1], s[2], s[3]])?)
-                    .and_then(|p| p.checked_add(2 * s[0]))
+                    .and_then(|p| p.checked_add(s[0].checked_mul(2)?))
                     .ok_or_else(overflow)?;
             }
             Some(s) => return Err(format!("tensor {shortcut} has shape {s:?}, expected 4 dimensions")),
@@ -425,5 +454,32 @@ mod tests {
         let h = header("resnet:4;8x1", &[("conv1.weight", vec![4, 1, 3, 3])]);
         let err = description_from_header(&h).unwrap_err();
         assert!(err.contains("no residual block"), "{err}");
+    }
+
+    #[test]
+    fn residual_files_the_worker_would_refuse_are_refused_here_first() {
+        let block = |s: u32, b: u32| {
+            [
+                (format!("layer{s}.{b}.conv1.weight"), vec![4, 4, 3, 3]),
+                (format!("layer{s}.{b}.conv2.weight"), vec![4, 4, 3, 3]),
+            ]
+        };
+        let file = |blocks: Vec<(String, Vec<u64>)>, stem: Vec<u64>| {
+            let mut t: Vec<(String, Vec<u64>)> = vec![("conv1.weight".into(), stem)];
+            t.extend(blocks);
+            t.push(("fc.weight".into(), vec![10, 4]));
+            let t: Vec<(&str, Vec<u64>)> = t.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+            description_from_header(&header("resnet:4;4x2", &t))
+        };
+        // A gap in the block numbering.
+        let gap: Vec<_> = block(1, 0).into_iter().chain(block(1, 2)).collect();
+        let err = file(gap, vec![4, 1, 3, 3]).unwrap_err();
+        assert!(err.contains("layer1.2"), "{err}");
+        // The ImageNet stem (7x7).
+        let err = file(block(1, 0).to_vec(), vec![4, 1, 7, 7]).unwrap_err();
+        assert!(err.contains("conv1.weight") && err.contains("7x7"), "{err}");
+        // Contiguous blocks with 3x3 kernels are read.
+        let ok: Vec<_> = block(1, 0).into_iter().chain(block(1, 1)).collect();
+        assert_eq!(file(ok, vec![4, 1, 3, 3]).unwrap().layers.len(), 2);
     }
 }

@@ -166,6 +166,9 @@ struct EvalReport {
     /// clean count when no attack ran).
     worst_case_correct: u64,
     worst_case_accuracy: f64,
+    /// The spiking layers `spike_rates` and `energy.layers` are in, named as the PyTorch model's
+    /// neuron modules (VGG `features.{i}`; ResNet `sn1`, `layer{s}.{b}.sn1`, ..., `layer{s}.{b}.sn2`).
+    spiking_layers: Vec<String>,
     spike_rates: Vec<f64>,
     /// Spikes, SOPs per layer and in total, first-layer MACs and the energy of one image over
     /// all T steps on the clean images; the same network's ANN MACs and energy beside them.
@@ -603,6 +606,7 @@ fn evaluate(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         worst_case_correct: result.worst_case_correct,
         worst_case_accuracy: accuracy(result.worst_case_correct),
         attack: (params.kind != AttackKind::None).then_some(params),
+        spiking_layers: ccsrp_worker::eval::activity_layer_names(&model),
         spike_rates: rates,
         energy,
         seconds: started.elapsed().as_secs_f64(),
@@ -656,9 +660,10 @@ fn print_report(report: &EvalReport) {
     let rates: Vec<String> = report
         .spike_rates
         .iter()
-        .map(|r| format!("{r:.3}"))
+        .zip(&report.spiking_layers)
+        .map(|(r, name)| format!("{name} {r:.3}"))
         .collect();
-    println!("spike rate per layer: {}", rates.join(", "));
+    println!("spike rate per spiking layer: {}", rates.join(", "));
     let e = &report.energy;
     let sops: Vec<String> = e
         .layers

@@ -72,14 +72,9 @@ impl CustomOp2 for WeightGrad {
         let (n, c, h, w) = x_layout.shape().dims4()?;
         let (dn, o, dh, dw_) = dy_layout.shape().dims4()?;
         let k = self.k;
-        if k == 0
-            || (dn, dh, dw_)
-                != (
-                    n,
-                    h + 2 * self.padding + 1 - k,
-                    w + 2 * self.padding + 1 - k,
-                )
-        {
+        // Output side of a stride-1 conv: side + 2 padding + 1 - k (none when the kernel is larger).
+        let out_side = |side: usize| (side + 2 * self.padding + 1).checked_sub(k);
+        if k == 0 || (Some(dn), out_side(h), out_side(w)) != (Some(n), Some(dh), Some(dw_)) {
             candle_core::bail!(
                 "cuDNN weight gradient: output gradient {:?} does not fit input {:?} with a {k}x{k} \
                  kernel and padding {}",
@@ -97,6 +92,13 @@ impl CustomOp2 for WeightGrad {
         ) else {
             candle_core::bail!("cuDNN weight gradient: expected contiguous tensors");
         };
+        // Sized from the usize dims (each fits i32, their product need not).
+        let grad_len: usize = [c, k, k]
+            .into_iter()
+            .try_fold(o, |acc, d| acc.checked_mul(d))
+            .ok_or_else(|| {
+                candle_core::Error::Msg("cuDNN weight gradient: dW size overflows".into())
+            })?;
         let xv = x.as_cuda_slice::<f32>()?.slice(xs..xe);
         let dyv = dy.as_cuda_slice::<f32>()?.slice(ds..de);
         let dev = x.device();
@@ -131,7 +133,7 @@ impl CustomOp2 for WeightGrad {
         let algo = op.pick_algorithm()?;
         let workspace_bytes = op.get_workspace_size(algo)?;
         let mut workspace = dev.alloc_zeros::<u8>(workspace_bytes.max(1))?;
-        let mut grad_w: CudaSlice<f32> = dev.alloc_zeros::<f32>((o * c * ki * ki) as usize)?;
+        let mut grad_w: CudaSlice<f32> = dev.alloc_zeros::<f32>(grad_len)?;
         // SAFETY: the descriptors describe exactly these buffers: x [n, c, h, w], dy [n, o, dh, dw]
         // (contiguous NCHW f32 views), dW [o, c, k, k] f32, and a workspace of the size cuDNN asked.
         unsafe {

@@ -307,7 +307,8 @@ impl Lif {
     ///
     /// On CPU (f32) one fused op: the neuron loop forward, and backpropagation through time in one
     /// reverse loop (the potentials are recomputed from the current), with exactly the gradient of
-    /// the tensor-op graph. Elsewhere the tensor-op graph itself.
+    /// the tensor-op graph. On a CUDA device (f32) the same fused op launches the kernels of
+    /// `worker/cuda/lif.cu` (`lif_cuda`); elsewhere the tensor-op graph itself.
     pub fn forward(&self, current: &Tensor, drive: Drive) -> candle_core::Result<Tensor> {
         if let Some(kernel) = self.fused(current, drive, None)? {
             return current.contiguous()?.apply_op1(kernel);

@@ -130,8 +130,17 @@ fn positive(text: &str, item: &str, what: &str) -> Result<usize, ArchError> {
     }
 }
 
+/// Most basic blocks a network may have (each is one prunable layer): the master's bound on
+/// prunable layers (`ccsrp_master::splice::MAX_LAYERS`), far beyond any real ResNet, so that a short
+/// string such as `resnet:4;4x1000000000000` is refused instead of allocating its blocks.
+pub const MAX_BLOCKS: usize = 1024;
+
+/// Widest stem, stage or inner conv: the master's bound on a layer's filters (`MAX_FILTERS`).
+pub const MAX_WIDTH: usize = 1 << 16;
+
 impl ResidualArch {
-    /// A network with every block at its stage width. Refuses zero widths, no stage, empty stages.
+    /// A network with every block at its stage width. Refuses zero widths, no stage, empty stages,
+    /// more than [`MAX_BLOCKS`] blocks and widths over [`MAX_WIDTH`].
     pub fn new(stem: usize, stages: Vec<Stage>, sew: bool) -> Result<ResidualArch, ArchError> {
         let text = || format!("stem {stem}, stages {stages:?}");
         if stem == 0 {
@@ -145,6 +154,27 @@ impl ResidualArch {
                 &text(),
                 &format!("{}x{}", s.width, s.blocks),
                 "a positive width and block count",
+            ));
+        }
+        if let Some(w) = std::iter::once(stem)
+            .chain(stages.iter().map(|s| s.width))
+            .find(|&w| w > MAX_WIDTH)
+        {
+            return Err(bad(
+                &text(),
+                &w.to_string(),
+                &format!("widths of at most {MAX_WIDTH}"),
+            ));
+        }
+        let blocks = stages
+            .iter()
+            .try_fold(0usize, |acc, s| acc.checked_add(s.blocks))
+            .filter(|&n| n <= MAX_BLOCKS);
+        if blocks.is_none() {
+            return Err(bad(
+                &text(),
+                "block counts",
+                &format!("at most {MAX_BLOCKS} blocks in all"),
             ));
         }
         let inner = stages
@@ -213,6 +243,13 @@ impl ResidualArch {
                     .split(',')
                     .map(|w| positive(text, w, "an inner width"))
                     .collect::<Result<Vec<_>, _>>()?;
+                if let Some(w) = widths.iter().find(|&&w| w > MAX_WIDTH) {
+                    return Err(bad(
+                        text,
+                        &w.to_string(),
+                        &format!("inner widths of at most {MAX_WIDTH}"),
+                    ));
+                }
                 if widths.len() != arch.inner.len() {
                     return Err(bad(
                         text,
@@ -297,6 +334,7 @@ impl ResidualArch {
             .stages
             .iter()
             .map(|s| s.width)
+            .chain(self.inner.iter().copied())
             .chain([self.stem])
             .max()
             .unwrap_or(1);
@@ -474,5 +512,21 @@ mod tests {
             a.geometry(shape(1, usize::MAX / 2, 8)),
             Err(ArchError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn forged_block_counts_and_widths_are_refused_not_allocated() {
+        for text in [
+            "resnet:4;4x18446744073709551615",
+            "resnet:4;4x1000000000000",
+            "resnet:4;4x1000,4x25",
+            "resnet:100000;4x1",
+            "resnet:4;100000x1",
+            "resnet:4;4x1;inner=100000",
+        ] {
+            let err = ResidualArch::parse(text).unwrap_err().to_string();
+            assert!(err.contains("at most"), "{text}: {err}");
+        }
+        assert!(ResidualArch::parse("resnet:4;4x1000,4x24").is_ok());
     }
 }

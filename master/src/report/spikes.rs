@@ -45,7 +45,7 @@ pub fn figure(inputs: &Inputs, measure: Measure) -> Option<Figure> {
     };
     let mut f = Figure::new(
         title,
-        "conv layer (the classifier's synapses count with the last)",
+        "spiking layer (VGG: each conv layer, the classifier's synapses with the last; ResNet: every LIF, see eval's spiking_layers)",
         y,
     );
     f.bar_width = 0.38;
