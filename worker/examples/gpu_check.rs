@@ -643,15 +643,22 @@ fn run(o: &Options) -> Result<(), BoxError> {
     }
     println!("## Timings on {dev_name} (fp32)");
     println!();
+    // The references and targets are for VGG-11, T=8, 1,000 images: another setup is not compared.
+    let comparable = o.model.is_none() && o.arch == "vgg11" && t == 8 && n == 1000;
     println!(
         "{arch}, T={t}, {n} synthetic 3x32x32 images in batches of {}; median of the timed runs \
-         after one warm-up. Reference columns: one H200, the same network; target: issue 14's, on \
-         one H200.",
-        o.batch.min(n)
+         after one warm-up. Reference columns: one H200, VGG-11, T=8, 1,000 images; target: issue \
+         14's, on one H200; the last column is ccsrp's time over spikingjelly's (below 1: faster).{}",
+        o.batch.min(n),
+        if comparable {
+            ""
+        } else {
+            " This run's setup differs from the references', so it is not compared with them (n/a)."
+        }
     );
     println!();
     println!(
-        "| step | ccsrp | runs | spikingjelly 2.0 | PyTorch eager | target (H200) | ccsrp / spikingjelly |"
+        "| step | ccsrp | runs | spikingjelly 2.0 | PyTorch eager | target (H200) | time ccsrp / spikingjelly |"
     );
     println!("|---|---|---|---|---|---|---|");
     let pixels: Vec<Tensor> = chunks(0..n, o.batch)
@@ -663,7 +670,7 @@ fn run(o: &Options) -> Result<(), BoxError> {
         }
         Ok(())
     })?;
-    print_row(&CLEAN, &clean, "");
+    print_row(&CLEAN, &clean, "", comparable);
 
     let labels_dev: Vec<Tensor> = chunks(0..n, o.batch)
         .map(|r| Tensor::from_slice(&images.labels[r.clone()], r.len(), &device))
@@ -687,7 +694,7 @@ fn run(o: &Options) -> Result<(), BoxError> {
         }
         Ok(())
     })?;
-    print_row(&PGD7, &pgd, "");
+    print_row(&PGD7, &pgd, "", comparable);
     drop((pixels, labels_dev));
 
     let adv_set = adv_set.ok_or("PGD made no adversarial images")?;
@@ -699,7 +706,7 @@ fn run(o: &Options) -> Result<(), BoxError> {
         );
         Ok(())
     })?;
-    print_row(&CANDIDATE_WHOLE, &candidate, "");
+    print_row(&CANDIDATE_WHOLE, &candidate, "", comparable);
 
     // The prefix cache as a worker keeps it: what enters layer L for both image sets, on the
     // device; a layer-L candidate runs layers L.. on it (here the unpruned network itself).
@@ -737,6 +744,7 @@ fn run(o: &Options) -> Result<(), BoxError> {
         &CANDIDATE_PREFIX,
         &prefix,
         &format!(" (layers {candidate_layer}..{layers})"),
+        comparable,
     );
     drop((clean_cache, adv_cache));
     let prefix_note = if prefix_counts == counts {
@@ -764,7 +772,12 @@ fn run(o: &Options) -> Result<(), BoxError> {
         train::train(&mut student, &train_set, &config, &mut |_| {})?;
         Ok(())
     })?;
-    print_row(&TRAIN_STEP, &training, &format!(" ({train_n} images, SGD)"));
+    print_row(
+        &TRAIN_STEP,
+        &training,
+        &format!(" ({train_n} images, SGD)"),
+        comparable,
+    );
     println!();
     println!(
         "The candidate scored {}/{n} clean and {}/{n} adversarial ({prefix_note}); the whole \
@@ -777,10 +790,12 @@ fn run(o: &Options) -> Result<(), BoxError> {
 }
 
 /// One row of the timings table: our median beside the reference step's numbers and the target.
-fn print_row(step: &Step, timing: &Timing, detail: &str) {
+/// `comparable`: the run's setup is the references' (otherwise the verdict and ratio are n/a).
+fn print_row(step: &Step, timing: &Timing, detail: &str, comparable: bool) {
     let ours = timing.median().as_secs_f64();
     let or_dash = |v: Option<f64>| v.map_or("-".to_string(), format_secs);
     let target = match step.target {
+        Some(target) if !comparable => format!("<= {} (n/a)", format_secs(target)),
         Some(target) => format!(
             "<= {} ({})",
             format_secs(target),
@@ -795,8 +810,11 @@ fn print_row(step: &Step, timing: &Timing, detail: &str) {
         timing.describe_runs(),
         or_dash(step.spikingjelly),
         or_dash(step.torch),
-        step.spikingjelly
-            .map_or("-".to_string(), |sj| format!("{:.1}x", ours / sj)),
+        match step.spikingjelly {
+            Some(_) if !comparable => "n/a".to_string(),
+            Some(sj) => format!("{:.2}", ours / sj),
+            None => "-".to_string(),
+        },
     );
 }
 
