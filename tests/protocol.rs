@@ -93,6 +93,14 @@ fn hostile_results_are_rejected_without_harming_the_job() {
     let job = write_job(dir.path(), "");
     let mut cluster = Cluster::start(dir.path(), &job, None);
     cluster.add_worker();
+    // Let the real worker train the dense model and build the adversarial set first: the fake
+    // worker below lets every other kind of task expire, and while it raced the real worker for
+    // the single training task it could win every re-issue and stall the test.
+    wait_status(&cluster.url, Duration::from_secs(300), "coevolution", |s| {
+        s["phase"]
+            .as_str()
+            .is_some_and(|p| p.contains("coevolution"))
+    });
     let rt = runtime();
     let url = cluster.url.clone();
     let cache_dir = dir.path().join("fake-cache");
