@@ -42,6 +42,36 @@ pub const BN_EPS: f64 = 1e-5;
 /// Batch-norm running-statistics momentum (PyTorch's default).
 pub const BN_MOMENTUM: f64 = 0.1;
 
+/// Batch norm with batch statistics (the fused op of [`crate::batch_norm`]), `[weight, bias]`;
+/// updates `[running_mean, running_var]` with momentum [`BN_MOMENTUM`] and the unbiased variance,
+/// as PyTorch. Shared by the VGG layers and the residual network's batch norms.
+pub(crate) fn bn_train_update(
+    y: &Tensor,
+    [weight, bias]: [&Var; 2],
+    [running_mean, running_var]: [&Var; 2],
+) -> candle_core::Result<Tensor> {
+    let (out, stats) =
+        crate::batch_norm::batch_norm_train(y, weight.as_tensor(), bias.as_tensor(), BN_EPS)?;
+    let c = stats.mean.len();
+    let n = (y.elem_count() / c.max(1)) as f64;
+    let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+    let m = BN_MOMENTUM;
+    let device = y.device();
+    let mean = Tensor::from_vec(stats.mean, c, device)?;
+    let var = Tensor::from_vec(stats.var, c, device)?;
+    let new_mean = running_mean
+        .as_tensor()
+        .affine(1.0 - m, 0.0)?
+        .add(&mean.affine(m, 0.0)?)?;
+    let new_var = running_var
+        .as_tensor()
+        .affine(1.0 - m, 0.0)?
+        .add(&var.affine(m * unbiased, 0.0)?)?;
+    running_mean.set(&new_mean.detach())?;
+    running_var.set(&new_var.detach())?;
+    Ok(out)
+}
+
 /// A model that cannot be built or run, or an input it cannot take.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -546,36 +576,15 @@ impl SnnModel {
         Ok(ChannelAffine { scale, shift })
     }
 
-    /// Batch norm of layer `l` with batch statistics (the fused op of [`crate::batch_norm`]);
-    /// updates the running statistics (unbiased variance, as PyTorch).
+    /// Batch norm of layer `l` with batch statistics; updates its running statistics
+    /// ([`bn_train_update`]).
     fn bn_train(&self, l: usize, y: &Tensor) -> candle_core::Result<Tensor> {
         let b = &self.blocks[l];
-        let (out, stats) = crate::batch_norm::batch_norm_train(
+        bn_train_update(
             y,
-            b.bn_weight.as_tensor(),
-            b.bn_bias.as_tensor(),
-            BN_EPS,
-        )?;
-        let c = stats.mean.len();
-        let n = (y.elem_count() / c.max(1)) as f64;
-        let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
-        let m = BN_MOMENTUM;
-        let device = y.device();
-        let mean = Tensor::from_vec(stats.mean, c, device)?;
-        let var = Tensor::from_vec(stats.var, c, device)?;
-        let new_mean = b
-            .running_mean
-            .as_tensor()
-            .affine(1.0 - m, 0.0)?
-            .add(&mean.affine(m, 0.0)?)?;
-        let new_var = b
-            .running_var
-            .as_tensor()
-            .affine(1.0 - m, 0.0)?
-            .add(&var.affine(m * unbiased, 0.0)?)?;
-        b.running_mean.set(&new_mean.detach())?;
-        b.running_var.set(&new_var.detach())?;
-        Ok(out)
+            [&b.bn_weight, &b.bn_bias],
+            [&b.running_mean, &b.running_var],
+        )
     }
 
     /// Logits `[B, classes]`, differentiable w.r.t. `pixels` (`[B, C, H, W]` f32 in [0, 1]) and the
@@ -920,6 +929,41 @@ pub(crate) mod tests {
         spec
     }
 
+    /// The bits of the cross-entropy loss's gradient w.r.t. the pixels `x` (what attacks follow).
+    pub(crate) fn input_gradient_bits(m: &SnnModel, x: &Tensor, labels: &Tensor) -> Vec<u32> {
+        let v = Var::from_tensor(x).unwrap();
+        let logits = m.forward_input_grad(v.as_tensor()).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, labels).unwrap();
+        let g = loss.backward().unwrap();
+        let g: Vec<f32> = g
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        g.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// One random keep-mask per prunable layer, each filter kept with probability `keep` and at
+    /// least one kept.
+    pub(crate) fn random_masks(
+        model: &SnnModel,
+        keep: f64,
+        rng: &mut impl rand::Rng,
+    ) -> Vec<ccsrp_proto::v1::Mask> {
+        model
+            .geometry()
+            .iter()
+            .map(|g| {
+                let mut kept: Vec<bool> = (0..g.filters).map(|_| rng.random_bool(keep)).collect();
+                let i = rng.random_range(0..g.filters);
+                kept[i] = true;
+                ccsrp_proto::v1::Mask::from_keep(&kept)
+            })
+            .collect()
+    }
+
     pub(crate) fn random_pixels(b: usize, seed: u64) -> Tensor {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let v: Vec<f32> = (0..b * 144)
@@ -1010,20 +1054,7 @@ pub(crate) mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            pool.install(|| {
-                let v = Var::from_tensor(&x).unwrap();
-                let logits = m.forward_input_grad(v.as_tensor()).unwrap();
-                let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
-                let g = loss.backward().unwrap();
-                let g: Vec<f32> = g
-                    .get(v.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                g.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
-            })
+            pool.install(|| input_gradient_bits(&m, &x, &labels))
         };
         let one = run(1);
         assert!(one.iter().any(|b| *b != 0), "a nonzero gradient");

@@ -103,9 +103,9 @@ impl SnnModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::{random_pixels, tiny_spec};
+    use crate::model::tests::{random_masks, random_pixels, tiny_spec};
     use candle_core::{Device, Var};
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
 
     /// The dense model with the pruned filters silenced: batch-norm scale 0 and shift -1e6 make the
     /// channel's current hugely negative, so its spikes are 0 at every step (the spike output
@@ -138,19 +138,6 @@ mod tests {
         v.set(t).unwrap();
     }
 
-    fn random_masks(model: &SnnModel, rng: &mut impl Rng) -> Vec<Mask> {
-        model
-            .geometry()
-            .iter()
-            .map(|g| {
-                let mut keep: Vec<bool> = (0..g.filters).map(|_| rng.random_bool(0.6)).collect();
-                let i = rng.random_range(0..g.filters);
-                keep[i] = true;
-                Mask::from_keep(&keep)
-            })
-            .collect()
-    }
-
     #[test]
     fn sliced_network_equals_the_dense_one_with_pruned_spikes_silenced() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
@@ -158,7 +145,7 @@ mod tests {
             let model = SnnModel::new(tiny_spec(arch, 3), &Device::Cpu, 4).unwrap();
             let x = random_pixels(8, 3);
             for _ in 0..4 {
-                let masks = random_masks(&model, &mut rng);
+                let masks = random_masks(&model, 0.6, &mut rng);
                 let pruned = model.prune(&masks).unwrap();
                 let widths: Vec<usize> = masks.iter().map(|m| m.kept() as usize).collect();
                 assert_eq!(pruned.spec().architecture.widths(), widths);

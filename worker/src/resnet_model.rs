@@ -25,7 +25,7 @@
 //! sides wrong). The global average pool is the mean over H and W of the last block's output; the
 //! classifier and the mean over T are VGG's.
 
-use super::{ModelError, SnnModel, BN_EPS, BN_MOMENTUM};
+use super::{ModelError, SnnModel, BN_EPS};
 use crate::event_conv::FoldedConv;
 use crate::lif::{ChannelAffine, Drive};
 use crate::resnet_arch::{BlockGeometry, ResidualGeometry};
@@ -145,35 +145,14 @@ impl BatchNorm {
         Ok(ChannelAffine { scale, shift })
     }
 
-    /// Training form with batch statistics; updates the running statistics (as
-    /// `SnnModel::bn_train`).
+    /// Training form with batch statistics; updates the running statistics
+    /// ([`crate::model::bn_train_update`], as the VGG layers).
     fn train(&self, y: &Tensor) -> candle_core::Result<Tensor> {
-        let (out, stats) = crate::batch_norm::batch_norm_train(
+        crate::model::bn_train_update(
             y,
-            self.weight.as_tensor(),
-            self.bias.as_tensor(),
-            BN_EPS,
-        )?;
-        let c = stats.mean.len();
-        let n = (y.elem_count() / c.max(1)) as f64;
-        let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
-        let m = BN_MOMENTUM;
-        let device = y.device();
-        let mean = Tensor::from_vec(stats.mean, c, device)?;
-        let var = Tensor::from_vec(stats.var, c, device)?;
-        let new_mean = self
-            .running_mean
-            .as_tensor()
-            .affine(1.0 - m, 0.0)?
-            .add(&mean.affine(m, 0.0)?)?;
-        let new_var = self
-            .running_var
-            .as_tensor()
-            .affine(1.0 - m, 0.0)?
-            .add(&var.affine(m * unbiased, 0.0)?)?;
-        self.running_mean.set(&new_mean.detach())?;
-        self.running_var.set(&new_var.detach())?;
-        Ok(out)
+            [&self.weight, &self.bias],
+            [&self.running_mean, &self.running_var],
+        )
     }
 
     fn vars(&self) -> [&Var; 4] {
@@ -620,7 +599,7 @@ impl SnnModel {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::tests::{random_pixels, tiny_spec};
+    use crate::model::tests::{input_gradient_bits, random_masks, random_pixels, tiny_spec};
     use crate::model::ModelSpec;
     use candle_core::{DType, Device};
     use ccsrp_proto::v1::Mask;
@@ -746,19 +725,8 @@ pub(crate) mod tests {
                 .build()
                 .unwrap();
             pool.install(|| {
-                let v = Var::from_tensor(&x).unwrap();
-                let logits = m.forward_input_grad(v.as_tensor()).unwrap();
-                let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
-                let g = loss.backward().unwrap();
-                let g: Vec<f32> = g
-                    .get(v.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
                 let eval: Vec<Vec<f32>> = m.forward_eval(&x).unwrap().to_vec2().unwrap();
-                (g.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), eval)
+                (input_gradient_bits(&m, &x, &labels), eval)
             })
         };
         let one = run(1);
@@ -830,19 +798,6 @@ pub(crate) mod tests {
         }
     }
 
-    fn random_masks(model: &SnnModel, rng: &mut impl Rng) -> Vec<Mask> {
-        model
-            .geometry()
-            .iter()
-            .map(|g| {
-                let mut keep: Vec<bool> = (0..g.filters).map(|_| rng.random_bool(0.5)).collect();
-                let i = rng.random_range(0..g.filters);
-                keep[i] = true;
-                Mask::from_keep(&keep)
-            })
-            .collect()
-    }
-
     /// The dense model with the pruned conv1 filters masked: their weights zeroed and their batch
     /// norm shifted to -1e6, so those sn1 neurons never fire (the spike output times the mask).
     fn masked(model: &SnnModel, masks: &[Mask]) -> SnnModel {
@@ -884,7 +839,7 @@ pub(crate) mod tests {
             let model = SnnModel::new(res_spec(&arch, 2), &Device::Cpu, 4).unwrap();
             let x = random_pixels(6, 3);
             for _ in 0..3 {
-                let masks = random_masks(&model, &mut rng);
+                let masks = random_masks(&model, 0.5, &mut rng);
                 let pruned = model.prune(&masks).unwrap();
                 let widths: Vec<usize> = masks.iter().map(|m| m.kept() as usize).collect();
                 assert_eq!(pruned.spec().architecture.widths(), widths);
